@@ -1,0 +1,47 @@
+"""Candidate generators: which catalog items the recommender may choose from at each step."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from simrec.catalog import Catalog
+from simrec.spec import CandidateConfig
+
+
+class CandidateGenerator:
+    """Draws ``(B, num_candidates)`` distinct catalog indices per row.
+
+    Rows are windows of one fresh random permutation of the catalog, each at its own random
+    offset: distinct within a row, uniform over the catalog, and ``O(n_items)`` per batch rather
+    than per row. ``popular_mix`` fills part of each row by Gumbel top-k on log popularity.
+    """
+
+    def __init__(self, catalog: Catalog, num_candidates: int, config: CandidateConfig | None = None) -> None:
+        if num_candidates > len(catalog):
+            raise ValueError(f"num_candidates ({num_candidates}) exceeds the catalog size ({len(catalog)})")
+        self.n = len(catalog)
+        self.k = num_candidates
+        self.config = config or CandidateConfig()
+        self._offsets = np.arange(num_candidates)
+        self._logpop = np.log(catalog.popularity.astype(np.float64) + 0.01)
+
+    def draw(self, rng: np.random.Generator, batch: int) -> np.ndarray:
+        if self.config.kind == "popular_mix":
+            return self._popular_mix(rng, batch)
+        if batch == 1:
+            return rng.choice(self.n, size=(1, self.k), replace=False)
+        perm = rng.permutation(self.n)
+        start = rng.integers(0, self.n, size=(batch, 1))
+        return perm[(start + self._offsets) % self.n]
+
+    def _popular_mix(self, rng: np.random.Generator, batch: int) -> np.ndarray:
+        m = int(round(self.config.popular_fraction * self.k))
+        g = self._logpop + rng.gumbel(size=(batch, self.n))
+        pop = np.argpartition(-g, m - 1, axis=1)[:, :m] if m > 0 else np.empty((batch, 0), np.int64)
+        # fill the rest uniformly among items not already taken (random keys, taken ones pushed last)
+        keys = rng.random((batch, self.n))
+        np.put_along_axis(keys, pop, 2.0, axis=1)
+        rest = np.argpartition(keys, self.k - m - 1, axis=1)[:, : self.k - m] if self.k > m else np.empty((batch, 0), np.int64)
+        out = np.concatenate([pop, rest], axis=1)
+        # shuffle columns so popular items are not always first
+        return np.take_along_axis(out, rng.random(out.shape).argsort(axis=1), axis=1)

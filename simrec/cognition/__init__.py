@@ -1,0 +1,17 @@
+"""Cognition backends: turn (persona, state, memory, slate) batches into responses."""
+
+from simrec.cognition.base import CognitionBackend, ResponseBatch
+from simrec.cognition.embedded import ChoiceConfig, EmbeddedCognition
+
+__all__ = ["CognitionBackend", "ResponseBatch", "ChoiceConfig", "EmbeddedCognition", "make_backend"]
+
+
+def make_backend(name: str, config: dict | None = None) -> CognitionBackend:
+    """Build a backend by name: ``"embedded"`` or ``"llm"`` (needs the LLM backend's config)."""
+    if name == "embedded":
+        return EmbeddedCognition(config)
+    if name == "llm":
+        from simrec.cognition.llm import LLMCognition  # imported lazily: the default run needs no client
+
+        return LLMCognition.from_config(config or {})
+    raise ValueError(f"unknown backend {name!r}; use 'embedded' or 'llm'")
