@@ -55,7 +55,7 @@ class Catalog:
     Attributes:
         ids, titles, descriptions: per-item strings.
         topic_names: the topic vocabulary.
-        features: ``(n_items, dim)`` float32 content vectors, unit norm.
+        features: ``(n_items, dim)`` float32 content vectors (unit norm unless ``normalize=False``).
         quality: ``(n_items,)`` float32 in [0, 1], hidden from recommenders.
         topic: ``(n_items,)`` primary topic index.
         topic_weights: ``(n_items, n_topics)`` float32, rows sum to 1 (multi-genre items split).
@@ -76,6 +76,7 @@ class Catalog:
         popularity: np.ndarray | None = None,
         attributes: Sequence[dict[str, Any]] | None = None,
         name: str = "catalog",
+        normalize: bool = True,
     ) -> None:
         n = len(ids)
         if len(set(ids)) != n:
@@ -102,8 +103,9 @@ class Catalog:
         f = np.asarray(features, dtype=np.float32)
         if f.shape[0] != n or f.ndim != 2:
             raise ConfigError(f"catalog '{name}': features must have shape (n_items, dim), got {f.shape}")
-        norms = np.linalg.norm(f, axis=1, keepdims=True)
-        self.features = (f / np.maximum(norms, 1e-8)).astype(np.float32)
+        if normalize:  # unit vectors make taste . features a cosine similarity
+            f = f / np.maximum(np.linalg.norm(f, axis=1, keepdims=True), 1e-8)
+        self.features = np.ascontiguousarray(f, dtype=np.float32)
         self.quality = np.asarray(quality, dtype=np.float32).reshape(n)
         self.year = np.zeros(n, dtype=np.int32) if year is None else np.asarray(year, dtype=np.int32).reshape(n)
         self.popularity = (

@@ -1,9 +1,9 @@
 """Cognition backends: turn (persona, state, memory, slate) batches into responses."""
 
-from simrec.cognition.base import CognitionBackend, ResponseBatch
+from simrec.cognition.base import CognitionBackend, JudgeBatch, ResponseBatch
 from simrec.cognition.embedded import ChoiceConfig, EmbeddedCognition
 
-__all__ = ["CognitionBackend", "ResponseBatch", "ChoiceConfig", "EmbeddedCognition", "make_backend"]
+__all__ = ["CognitionBackend", "JudgeBatch", "ResponseBatch", "ChoiceConfig", "EmbeddedCognition", "make_backend"]
 
 
 def make_backend(name: str, config: dict | None = None) -> CognitionBackend:

@@ -70,6 +70,22 @@ class ResponseBatch:
         )
 
 
+@dataclass
+class JudgeBatch:
+    """Item-wise judgements (Agent4Rec's protocol): would the user watch each item, and the rating
+    they would give it if they did.
+
+    * ``watch``: ``(B, K)`` bool.
+    * ``rating``: ``(B, K)`` float32 stars in {1..5} for *every* item (NaN only if the backend cannot say).
+    * ``source``: ``(B,)`` int8, see ``SOURCE_*``.
+    """
+
+    watch: np.ndarray
+    rating: np.ndarray
+    source: np.ndarray
+    meta: dict[str, Any] = field(default_factory=dict)
+
+
 @runtime_checkable
 class CognitionBackend(Protocol):
     """What every backend implements. ``users`` are population indices, ``slates`` catalog indices."""
@@ -79,6 +95,14 @@ class CognitionBackend(Protocol):
     def decide(self, pop: "Population", users: np.ndarray, slates: np.ndarray,
                rng: np.random.Generator) -> ResponseBatch:
         """Return validated responses of ``users`` (B,) to ``slates`` (B, K)."""
+        ...
+
+    def judge(self, pop: "Population", users: np.ndarray, items: np.ndarray,
+              rng: np.random.Generator) -> JudgeBatch:
+        """Watch / no-watch and a rating for each of ``items`` (B, K), without changing any state.
+
+        Used by the fidelity harness; the page of items is shown the same way a slate is.
+        """
         ...
 
     def end_session(self, pop: "Population", users: np.ndarray) -> None:

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
-from simrec.cognition.base import SOURCE_EMBEDDED, ResponseBatch
+from simrec.cognition.base import SOURCE_EMBEDDED, JudgeBatch, ResponseBatch
 
 if TYPE_CHECKING:
     from simrec.population import Population
@@ -132,6 +132,18 @@ class EmbeddedCognition:
         resp = ResponseBatch(clicked, rating, consumption, leave, np.full(B, SOURCE_EMBEDDED, np.int8))
         resp.meta["utility"] = util
         return resp
+
+    def judge(self, pop: "Population", users: np.ndarray, items: np.ndarray,
+              rng: np.random.Generator) -> JudgeBatch:
+        """Watch an item when its utility beats choosing nothing (no position bias: items are judged
+        one by one); the rating is the ordinal model's noise-free prediction."""
+        c = self.config
+        util = self.utilities(pop, users, items)
+        tr = pop.traits[users]
+        nc = c.no_click + c.no_click_pickiness * (tr[:, 4] - 0.5) + c.no_click_fatigue * pop.state.fatigue[users]
+        watch = util > nc[:, None]
+        rating = self.ratings(pop, users, items, util, None)
+        return JudgeBatch(watch, rating, np.full(users.size, SOURCE_EMBEDDED, np.int8), {"utility": util})
 
     def end_session(self, pop: "Population", users: np.ndarray) -> None:
         return None
