@@ -16,6 +16,8 @@ tested alone; :class:`Dynamics` chains them after every step and between session
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -78,32 +80,50 @@ class DynamicsConfig(BaseModel):
 
 
 # -- the processes ----------------------------------------------------------------------------------
+# ``users`` is an index array or a ``slice`` (the single-user env passes ``slice(u, u + 1)`` so that
+# reads are views); every function works with either.
 
 def _normalize_rows(x: np.ndarray) -> np.ndarray:
     return x / np.maximum(np.sqrt(np.einsum("bd,bd->b", x, x))[:, None], 1e-8)
 
 
-def ou_drift(state: UserState, users: np.ndarray, cfg: DriftConfig, rng: np.random.Generator,
+def as_index(users: np.ndarray | slice) -> np.ndarray:
+    """Population indices of ``users`` as an array."""
+    return np.arange(users.start, users.stop) if isinstance(users, slice) else np.asarray(users)
+
+
+def ou_drift(state: UserState, users: np.ndarray | slice, cfg: DriftConfig, rng: np.random.Generator,
              dt: np.ndarray | float = 1.0) -> None:
     """Exact OU transition of taste toward anchor over ``dt`` steps (per user)."""
-    if cfg.theta == 0 and cfg.sigma == 0:
-        return
-    dt = np.broadcast_to(np.asarray(dt, dtype=np.float64), users.shape)
+    state.taste[users] = _normalize_rows(_ou_mean_and_noise(state, users, cfg, rng, dt))
+
+
+def _ou_mean_and_noise(state: UserState, users: np.ndarray | slice, cfg: DriftConfig, rng: np.random.Generator,
+                       dt: np.ndarray | float) -> np.ndarray:
     taste, anchor = state.taste[users], state.anchor[users]
+    if cfg.theta == 0 and cfg.sigma == 0:
+        return taste.copy()
+    if isinstance(dt, float):  # the per-step case: scalar constants
+        decay = math.exp(-cfg.theta * dt)
+        sd = cfg.sigma * (math.sqrt((1 - decay**2) / (2 * cfg.theta)) if cfg.theta > 0 else math.sqrt(dt))
+        noise = rng.standard_normal(taste.shape, dtype=np.float32)
+        noise *= sd / math.sqrt(taste.shape[1])
+        return anchor + (taste - anchor) * decay + noise
+    dt = np.asarray(dt, dtype=np.float64)
     if cfg.theta > 0:
-        decay = np.exp(-cfg.theta * dt)[:, None]
+        decay = np.exp(-cfg.theta * dt)
         sd = cfg.sigma * np.sqrt((1 - decay**2) / (2 * cfg.theta))
     else:
-        decay = np.ones((users.size, 1))
-        sd = cfg.sigma * np.sqrt(dt)[:, None]
-    d = taste.shape[1]
-    noise = rng.standard_normal(taste.shape) * (sd / np.sqrt(d))
-    state.taste[users] = _normalize_rows(anchor + (taste - anchor) * decay + noise)
+        decay, sd = np.ones_like(dt), cfg.sigma * np.sqrt(dt)
+    if dt.ndim:
+        decay, sd = decay[:, None], sd[:, None]
+    noise = rng.standard_normal(taste.shape, dtype=np.float32) * (sd / np.sqrt(taste.shape[1]))
+    return anchor + (taste - anchor) * decay + noise
 
 
-def assimilate(state: UserState, users: np.ndarray, item_features: np.ndarray, amount: np.ndarray,
+def assimilate(state: UserState, users: np.ndarray | slice, item_features: np.ndarray, amount: np.ndarray,
                cfg: DriftConfig) -> None:
-    """Pull taste and anchor toward consumed items; ``amount`` (B,) is consumption in [0, 1]."""
+    """Pull taste and anchor toward consumed items; ``amount`` (B,) is consumption in [0, 1] (0 = no pull)."""
     a = amount[:, None]
     t = state.taste[users]
     state.taste[users] = _normalize_rows(t + cfg.assimilation * a * (item_features - t))
@@ -112,20 +132,21 @@ def assimilate(state: UserState, users: np.ndarray, item_features: np.ndarray, a
         state.anchor[users] = _normalize_rows(an + cfg.anchor_assimilation * a * (item_features - an))
 
 
-def concept_shift(state: UserState, users: np.ndarray, cfg: DriftConfig, rng: np.random.Generator,
+def concept_shift(state: UserState, users: np.ndarray | slice, cfg: DriftConfig, rng: np.random.Generator,
                   directions: np.ndarray) -> np.ndarray:
     """Apply sudden preference shifts; returns the bool mask (B,) of users that shifted.
 
     A shifting user's anchor moves ``shift_magnitude`` of the way toward a random topic direction,
     and taste jumps halfway there: a new life phase, not a slow drift.
     """
-    shifted = np.zeros(users.size, dtype=bool)
+    steps = state.steps_total[users]
+    shifted = np.zeros(steps.shape, dtype=bool)
     if cfg.shift_rate > 0:
-        shifted |= rng.random(users.size) < cfg.shift_rate
+        shifted |= rng.random(steps.shape) < cfg.shift_rate
     if cfg.shift_schedule:
-        shifted |= np.isin(state.steps_total[users], cfg.shift_schedule)
+        shifted |= np.isin(steps, cfg.shift_schedule)
     if shifted.any():
-        su = users[shifted]
+        su = as_index(users)[shifted]
         target = directions[rng.integers(0, directions.shape[0], size=su.size)]
         m = cfg.shift_magnitude
         state.anchor[su] = _normalize_rows((1 - m) * state.anchor[su] + m * target)
@@ -133,30 +154,38 @@ def concept_shift(state: UserState, users: np.ndarray, cfg: DriftConfig, rng: np
     return shifted
 
 
-def update_boredom(state: UserState, users: np.ndarray, consumed_topics: np.ndarray, shown_topics: np.ndarray,
-                   cfg: BoredomConfig, dt: np.ndarray | float = 1.0) -> None:
+def update_boredom(state: UserState, users: np.ndarray | slice, consumed_topics: np.ndarray,
+                   shown_topics: np.ndarray, cfg: BoredomConfig, dt: float = 1.0) -> None:
     """Decay boredom over ``dt``, then add consumption (B, T) and exposure (B, T) contributions."""
-    dt = np.asarray(dt, dtype=np.float64)
-    keep = (1.0 - cfg.decay) ** (dt[:, None] if dt.ndim else dt)
-    state.boredom[users] = state.boredom[users] * keep + cfg.growth * consumed_topics + cfg.exposure * shown_topics
+    b = state.boredom[users] * (1.0 - cfg.decay) ** dt
+    b += cfg.growth * consumed_topics
+    b += cfg.exposure * shown_topics
+    state.boredom[users] = b
 
 
-def decay_boredom(state: UserState, users: np.ndarray, cfg: BoredomConfig, dt: np.ndarray) -> None:
+def decay_boredom(state: UserState, users: np.ndarray | slice, cfg: BoredomConfig, dt: np.ndarray) -> None:
     state.boredom[users] *= ((1.0 - cfg.decay) ** dt)[:, None]
 
 
-def update_fatigue(state: UserState, users: np.ndarray, best_utility: np.ndarray, good_pick: np.ndarray,
-                   cfg: FatigueConfig) -> None:
-    """Fatigue grows each step, more when the best item on the slate was unappealing."""
+def next_fatigue(fatigue, best_utility, good_pick, cfg: FatigueConfig):
+    """Fatigue grows each step, more when the best item on the slate was unappealing (floats or arrays)."""
     poor = 1.0 / (1.0 + np.exp(2.0 * best_utility))  # ~1 when the best item is bad, ~0 when great
-    f = state.fatigue[users] + cfg.base + cfg.poor_slate * poor - cfg.relief * good_pick
-    state.fatigue[users] = np.clip(f, 0.0, 1.0)
+    return np.clip(fatigue + cfg.base + cfg.poor_slate * poor - cfg.relief * good_pick, 0.0, 1.0)
 
 
-def update_satisfaction(state: UserState, users: np.ndarray, experience: np.ndarray, cfg: SatisfactionConfig) -> None:
-    """Exponential average of ``experience`` (B,) in [-1, 1]."""
-    s = (1 - cfg.rate) * state.satisfaction[users] + cfg.rate * experience
-    state.satisfaction[users] = np.clip(s, -1.0, 1.0)
+def next_satisfaction(satisfaction, experience, cfg: SatisfactionConfig):
+    """Exponential average of experienced quality in [-1, 1] (floats or arrays)."""
+    return np.clip((1 - cfg.rate) * satisfaction + cfg.rate * experience, -1.0, 1.0)
+
+
+def update_fatigue(state: UserState, users: np.ndarray | slice, best_utility: np.ndarray, good_pick: np.ndarray,
+                   cfg: FatigueConfig) -> None:
+    state.fatigue[users] = next_fatigue(state.fatigue[users], best_utility, good_pick, cfg)
+
+
+def update_satisfaction(state: UserState, users: np.ndarray | slice, experience: np.ndarray,
+                        cfg: SatisfactionConfig) -> None:
+    state.satisfaction[users] = next_satisfaction(state.satisfaction[users], experience, cfg)
 
 
 def experience_of(rating: np.ndarray, consumption: np.ndarray, clicked_any: np.ndarray, cfg: SatisfactionConfig) -> np.ndarray:
@@ -171,32 +200,63 @@ class Dynamics:
     def __init__(self, config: DynamicsConfig | dict | None = None) -> None:
         self.config = config if isinstance(config, DynamicsConfig) else DynamicsConfig(**(config or {}))
 
-    def step(self, state: UserState, users: np.ndarray, *, chosen_features: np.ndarray, consumption: np.ndarray,
-             consumed_topics: np.ndarray, shown_topics: np.ndarray, best_utility: np.ndarray,
-             experience: np.ndarray, rng: np.random.Generator, directions: np.ndarray) -> np.ndarray:
-        """Advance ``users`` one step; returns the concept-shift mask (B,)."""
+    def step(self, state: UserState, users: np.ndarray | slice, *, chosen_features: np.ndarray,
+             consumption: np.ndarray, consumed_topics: np.ndarray, shown_topics: np.ndarray,
+             best_utility: np.ndarray, experience: np.ndarray, rng: np.random.Generator,
+             directions: np.ndarray) -> np.ndarray:
+        """Advance ``users`` one step; returns the concept-shift mask (B,).
+
+        Order: OU drift and assimilation (one renormalisation), concept shift, boredom, fatigue,
+        satisfaction. Rows that consumed nothing have ``consumption == 0`` and are not pulled.
+        """
         c = self.config
+        d = c.drift
         state.clock[users] += 1.0
         state.steps_total[users] += 1
-        ou_drift(state, users, c.drift, rng)
-        clicked = consumption > 0
-        if clicked.any():
-            cu = users[clicked]
-            assimilate(state, cu, chosen_features[clicked], consumption[clicked], c.drift)
-        shifted = concept_shift(state, users, c.drift, rng, directions)
+        t = _ou_mean_and_noise(state, users, d, rng, 1.0)
+        a = (d.assimilation * consumption)[:, None]
+        state.taste[users] = _normalize_rows(t + a * (chosen_features - t))
+        if d.anchor_assimilation > 0:
+            an = state.anchor[users]
+            state.anchor[users] = _normalize_rows(an + (d.anchor_assimilation * consumption)[:, None] * (chosen_features - an))
+        shifted = concept_shift(state, users, d, rng, directions)
         update_boredom(state, users, consumed_topics, shown_topics, c.boredom)
-        update_fatigue(state, users, best_utility, (experience > 0).astype(np.float32), c.fatigue)
+        update_fatigue(state, users, best_utility, experience > 0, c.fatigue)
         update_satisfaction(state, users, experience, c.satisfaction)
         return shifted
 
-    def between_sessions(self, state: UserState, users: np.ndarray, activity: np.ndarray,
+    def step_one(self, state: UserState, u: int, *, chosen_features: np.ndarray | None, consumption: float,
+                 consumed_topics: np.ndarray | None, shown_topics: np.ndarray, best_utility: float,
+                 experience: float, rng: np.random.Generator, directions: np.ndarray) -> bool:
+        """:meth:`step` for one user (the single env's fast path): same processes, same random draws."""
+        c = self.config
+        d = c.drift
+        state.clock[u] += 1.0
+        state.steps_total[u] += 1
+        taste, anchor = state.taste[u], state.anchor[u]  # views: updated in place
+        t = _ou_mean_and_noise(state, slice(u, u + 1), d, rng, 1.0)[0]
+        if chosen_features is not None and consumption > 0:
+            t += (d.assimilation * consumption) * (chosen_features - t)
+            if d.anchor_assimilation > 0:
+                an = anchor + (d.anchor_assimilation * consumption) * (chosen_features - anchor)
+                anchor[:] = an / max(float(np.sqrt(an @ an)), 1e-8)
+        taste[:] = t / max(float(np.sqrt(t @ t)), 1e-8)
+        shifted = bool(concept_shift(state, slice(u, u + 1), d, rng, directions)[0]) if (d.shift_rate > 0 or d.shift_schedule) else False
+        b = state.boredom[u]
+        b *= 1.0 - c.boredom.decay
+        if consumed_topics is not None:
+            b += c.boredom.growth * consumed_topics
+        b += c.boredom.exposure * shown_topics
+        state.fatigue[u] = next_fatigue(float(state.fatigue[u]), best_utility, float(experience > 0), c.fatigue)
+        state.satisfaction[u] = next_satisfaction(float(state.satisfaction[u]), experience, c.satisfaction)
+        return shifted
+
+    def between_sessions(self, state: UserState, users: np.ndarray | slice, activity: np.ndarray,
                          rng: np.random.Generator) -> np.ndarray:
         """Let time pass before each user's next session; returns the gaps (in steps)."""
         c = self.config
-        mean_gap = c.session.gap_scale * (1.5 - activity)
-        gap = rng.exponential(mean_gap)
-        had_session = state.sessions[users] > 0
-        gap = np.where(had_session, gap, 0.0)
+        gap = rng.exponential(c.session.gap_scale * (1.5 - activity))
+        gap = np.where(state.sessions[users] > 0, gap, 0.0)  # the first session has no gap before it
         state.clock[users] += gap
         ou_drift(state, users, c.drift, rng, dt=gap)
         decay_boredom(state, users, c.boredom, gap)

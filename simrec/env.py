@@ -67,6 +67,10 @@ def validate_slates(actions: np.ndarray, num_candidates: int, slate_size: int) -
     return a
 
 
+def _distinct_in_range(lst: list[int], n: int) -> bool:
+    return len(set(lst)) == len(lst) and min(lst) >= 0 and max(lst) < n
+
+
 class SlateEnv(gymnasium.Env):
     """A recommender shows slates to one simulated user per episode (one session).
 
@@ -110,7 +114,7 @@ class SlateEnv(gymnasium.Env):
 
     ## Info
     ``user_id``, ``t``, ``slate_items`` (catalog indices shown), per-item ``clicked``, ``rating``
-    (NaN = none), ``consumption``, ``leave``, ``source`` (backend path), ``concept_shift`` and, for
+    (stars 1-5, 0 = not rated: NaN would break equality checks), ``consumption``, ``leave``, ``source`` (backend path), ``concept_shift`` and, for
     logging only (never for acting), ``latent``: a snapshot of the hidden state.
     """
 
@@ -131,6 +135,7 @@ class SlateEnv(gymnasium.Env):
             raise ValueError(f"render_mode must be one of {self.metadata['render_modes']}, got {render_mode!r}")
         self.render_mode = render_mode
         self._user = np.zeros(1, dtype=np.int64)
+        self._us = slice(0, 1)
         self._t = 0
         self._clicks = 0
         self._cands = np.zeros((1, s.num_candidates), dtype=np.int64)
@@ -150,15 +155,16 @@ class SlateEnv(gymnasium.Env):
             self._user = np.array([self.sim.pop.index_of(options["user_id"])])
         else:
             self._user = self.sim.pick_users(self.np_random, 1)
-        self.sim.start_sessions(self._user, self.np_random)
+        u = int(self._user[0])
+        self._us = slice(u, u + 1)  # a slice keeps per-user state reads as views (fast path)
+        self.sim.start_sessions(self._us, self.np_random)
         self._t = 0
         self._clicks = 0
         self._cands = self.sim.candidates.draw(self.np_random, 1)
         obs = self._obs()
-        info = {"user_id": self.sim.pop.user_id(int(self._user[0])), "t": 0,
-                "candidate_items": self._cands[0].copy()}
+        info = {"user_id": self.sim.pop.user_id(u), "t": 0, "candidate_items": self._cands[0].copy()}
         if self.sim_spec.log_latent:
-            info["latent"] = self.sim.pop.state.snapshot(int(self._user[0]))
+            info["latent"] = self.sim.pop.state.snapshot(u)
         return obs, info
 
     def step(self, action):
@@ -168,9 +174,10 @@ class SlateEnv(gymnasium.Env):
         a = np.asarray(action)
         if s.slate_size == 1:
             a = a.reshape(1)
-        a = validate_slates(a[None, :], s.num_candidates, s.slate_size)
-        slates = np.take_along_axis(self._cands, a, axis=1)
-        res = self.sim.step(self._user, slates, self.np_random)
+        if not (a.shape == (s.slate_size,) and a.dtype.kind in "iu" and _distinct_in_range(a.tolist(), s.num_candidates)):
+            validate_slates(a[None, :], s.num_candidates, s.slate_size)  # raises with the precise problem
+        slate = self._cands[0, a]
+        res = self.sim.step_one(self.user_index, slate, self.np_random)
         r = res.response
         self._t += 1
         self._clicks += int(r.clicked[0].sum())
@@ -178,8 +185,8 @@ class SlateEnv(gymnasium.Env):
         truncated = (not terminated) and self._t >= s.max_steps
         u = int(self._user[0])
         info: dict[str, Any] = {
-            "user_id": self.sim.pop.user_id(u), "t": self._t, "slate_items": slates[0],
-            "clicked": r.clicked[0], "rating": r.rating[0], "consumption": r.consumption[0],
+            "user_id": self.sim.pop.user_id(u), "t": self._t, "slate_items": slate,
+            "clicked": r.clicked[0], "rating": np.nan_to_num(r.rating[0], nan=0.0), "consumption": r.consumption[0],
             "leave": terminated, "source": int(r.source[0]), "concept_shift": bool(res.shifted[0]),
         }
         if r.reasons is not None:
@@ -203,7 +210,7 @@ class SlateEnv(gymnasium.Env):
         for k, i in enumerate(info["slate_items"]):
             mark = "*" if info["clicked"][k] else " "
             rt = info["rating"][k]
-            lines.append(f" {mark} {k}: {cat.titles[i]} [{cat.topic_names[cat.topic[i]]}]" + ("" if np.isnan(rt) else f" {int(rt)}/5"))
+            lines.append(f" {mark} {k}: {cat.titles[i]} [{cat.topic_names[cat.topic[i]]}]" + (f" {int(rt)}/5" if rt > 0 else ""))
         if info["leave"]:
             lines.append(" -> leaves")
         return "\n".join(lines)
@@ -213,8 +220,7 @@ class SlateEnv(gymnasium.Env):
 
     # -- helpers --------------------------------------------------------------------------------
     def _obs(self) -> dict[str, np.ndarray]:
-        o = self.sim.observe(self._user, self._cands, np.array([self._t]), np.array([self._clicks]))
-        return {k: v[0] for k, v in o.items()}
+        return self.sim.observe_one(self.user_index, self._cands[0], self._t, self._clicks)
 
     @property
     def user_index(self) -> int:

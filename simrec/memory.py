@@ -67,7 +67,7 @@ class MemoryBank:
 
     def write(
         self,
-        users: np.ndarray,
+        users: np.ndarray | slice,
         shown: np.ndarray,
         chosen: np.ndarray,
         rating: np.ndarray,
@@ -76,32 +76,54 @@ class MemoryBank:
         now: np.ndarray,
         topic_weights: np.ndarray,
     ) -> None:
-        """Write one record per user in ``users`` (distinct indices).
+        """Write one record per user in ``users`` (distinct indices, or a slice).
 
         ``chosen`` is a catalog index or -1; ``topic_weights`` is ``(B, n_topics)`` of the chosen item
         (zeros when none).
         """
         slot = self.count[users] % self.capacity
+        # With a slice, [users, slot] is an outer (1, 1) index and values broadcast into it.
         self.shown[users, slot] = shown
         self.chosen[users, slot] = chosen
         self.rating[users, slot] = rating
         self.consumption[users, slot] = consumption
         self.feeling[users, slot] = feeling
-        extremity = np.where(np.isnan(rating), 0.0, np.abs(rating - 3.0) / 2.0)
-        self.importance[users, slot] = np.clip(0.5 * np.abs(feeling) + 0.5 * extremity, 0.0, 1.0)
+        rated = ~np.isnan(rating)
+        extremity = np.abs(np.where(rated, rating, 3.0) - 3.0) / 2.0
+        self.importance[users, slot] = np.minimum(0.5 * np.abs(feeling) + 0.5 * extremity, 1.0)
         self.t[users, slot] = now
         self.count[users] += 1
         clicked = chosen >= 0
         self.n_chosen[users] += clicked
         self.n_skipped[users] += ~clicked
-        d = self.summary_decay
-        self.topic_consumed[users] = d * self.topic_consumed[users] + topic_weights * consumption[:, None]
-        rated = ~np.isnan(rating)
-        if rated.any():
-            ru = users[rated]
-            tw = topic_weights[rated]
-            self.topic_rating_sum[ru] += tw * rating[rated, None]
-            self.topic_rating_n[ru] += tw
+        self.topic_consumed[users] = self.summary_decay * self.topic_consumed[users] + topic_weights * consumption[:, None]
+        self.topic_rating_sum[users] += topic_weights * np.where(rated, rating, 0.0)[:, None]
+        self.topic_rating_n[users] += topic_weights * rated[:, None]
+
+    def write_one(self, u: int, shown: np.ndarray, chosen: int, rating: float, consumption: float, feeling: float,
+                  now: float, topic_weights: np.ndarray | None) -> None:
+        """:meth:`write` for one user with scalar values (the single env's fast path)."""
+        slot = int(self.count[u]) % self.capacity
+        self.shown[u, slot] = shown
+        self.chosen[u, slot] = chosen
+        self.rating[u, slot] = rating
+        self.consumption[u, slot] = consumption
+        self.feeling[u, slot] = feeling
+        rated = rating == rating  # not NaN
+        self.importance[u, slot] = min(0.5 * abs(feeling) + 0.5 * (abs(rating - 3.0) / 2.0 if rated else 0.0), 1.0)
+        self.t[u, slot] = now
+        self.count[u] += 1
+        tc = self.topic_consumed[u]
+        tc *= self.summary_decay
+        if chosen >= 0:
+            self.n_chosen[u] += 1
+            if topic_weights is not None:
+                tc += topic_weights * consumption
+                if rated:
+                    self.topic_rating_sum[u] += topic_weights * rating
+                    self.topic_rating_n[u] += topic_weights
+        else:
+            self.n_skipped[u] += 1
 
     # -- reads ----------------------------------------------------------------------------------
     def recent_slots(self, users: np.ndarray, window: int) -> tuple[np.ndarray, np.ndarray]:

@@ -32,6 +32,7 @@ class Population:
         self.pack = pack
         self.n_users = int(n_users or len(pack))
         self.personas: list[Persona] = [pack.personas[u % len(pack)] for u in range(self.n_users)]
+        self._ids = [p.id if u < len(pack) else f"{p.id}#{u // len(pack)}" for u, p in enumerate(self.personas)]
         base = pack.traits_array()
         self.traits = base[np.arange(self.n_users) % len(pack)]
         self.rating_bias = np.array([p.rating_bias for p in self.personas], dtype=np.float32)
@@ -55,9 +56,7 @@ class Population:
 
     def user_id(self, u: int) -> str:
         """Stable external id of user ``u`` (persona id, plus an instance suffix past the pack size)."""
-        k = u // len(self.pack)
-        pid = self.personas[u].id
-        return pid if k == 0 else f"{pid}#{k}"
+        return self._ids[u]
 
     def index_of(self, user_id: str | int) -> int:
         if isinstance(user_id, (int, np.integer)):

@@ -6,6 +6,7 @@ persona + state + memory + slate -> cognition -> response -> dynamics update -> 
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -13,7 +14,7 @@ from gymnasium import spaces
 
 from simrec.cognition import CognitionBackend, ResponseBatch, make_backend
 from simrec.candidates import CandidateGenerator
-from simrec.dynamics import Dynamics, experience_of
+from simrec.dynamics import Dynamics, as_index, experience_of
 from simrec.population import Population
 from simrec.spec import EnvSpec
 from simrec.world import World
@@ -53,10 +54,18 @@ class Simulator:
         self.item_obs = np.zeros((len(cat) + 1, d + 1), dtype=np.float32)
         self.item_obs[:-1, :d] = cat.features
         self.item_obs[:-1, d] = cat.popularity
-        self._zero_topics = np.zeros((1, cat.n_topics), np.float32)
+        # Rows [features, quality, topic weights] for the dynamics; the last row is the "nothing chosen" pad.
+        self.item_rows = np.zeros((len(cat) + 1, d + 1 + cat.n_topics), dtype=np.float32)
+        self.item_rows[:-1, :d] = cat.features
+        self.item_rows[:-1, d] = cat.quality
+        self.item_rows[:-1, d + 1:] = cat.topic_weights
+        self._inv_log_sessions = 1.0 / np.log(1000.0)
         self.reward_bounds = spec.reward.bounds(spec.slate_size)
         self._ages = np.array([p.age for p in self.pop.personas], dtype=np.float32) / 100.0
         self._last_gap = np.zeros(self.pop.n_users, dtype=np.float32)
+        # Observation history as a ring of ready-made rows per user, so observe() is one gather.
+        self._hist = np.zeros((self.pop.n_users, spec.history_window, d + len(HISTORY_FEATURES)), np.float32)
+        self._hist_order = np.arange(spec.history_window)
 
     # -- spaces ---------------------------------------------------------------------------------
     def observation_space(self) -> spaces.Dict:
@@ -76,9 +85,11 @@ class Simulator:
     def reset_population(self, rng: np.random.Generator) -> None:
         self.pop.reset(rng)
         self._last_gap[:] = 0
+        self._hist[:] = 0
 
-    def start_sessions(self, users: np.ndarray, rng: np.random.Generator) -> None:
-        gap = self.dynamics.between_sessions(self.pop.state, users, self.pop.trait("activity")[users], rng)
+    def start_sessions(self, users: np.ndarray | slice, rng: np.random.Generator) -> None:
+        act = self.pop.traits[users, 0]
+        gap = self.dynamics.between_sessions(self.pop.state, users, act, rng)
         self._last_gap[users] = gap
 
     def pick_users(self, rng: np.random.Generator, count: int, exclude: np.ndarray | None = None) -> np.ndarray:
@@ -94,29 +105,40 @@ class Simulator:
         return np.argpartition(-keys, count - 1)[:count]
 
     # -- one step -------------------------------------------------------------------------------
-    def step(self, users: np.ndarray, slates: np.ndarray, rng: np.random.Generator) -> StepResult:
+    def step(self, users: np.ndarray | slice, slates: np.ndarray, rng: np.random.Generator) -> StepResult:
+        """Run one step for ``users`` (index array, or ``slice(u, u + 1)`` for one user)."""
         pop, cat, r = self.pop, self.catalog, self.spec.reward
         B, K = slates.shape
-        resp = self.backend.decide(pop, users, slates, rng)
+        backend = self.backend
+        resp = backend.decide(pop, users if getattr(backend, "accepts_slices", False) else as_index(users), slates, rng)
+        ar = np.arange(B)
         clicked_any = resp.clicked.any(axis=1)
         # The chosen item: the most-consumed clicked one (LLM replies may click several).
-        pos = np.where(clicked_any, np.argmax(np.where(resp.clicked, resp.consumption + 1.0, 0.0), axis=1), 0)
-        rows = np.arange(B)
-        chosen = np.where(clicked_any, slates[rows, pos], -1)
-        cons = np.where(clicked_any, resp.consumption[rows, pos], 0.0).astype(np.float32)
-        rating = np.where(clicked_any, resp.rating[rows, pos], np.nan).astype(np.float32)
+        pos = np.argmax(np.where(resp.clicked, resp.consumption + 1.0, 0.0), axis=1)
+        chosen = np.where(clicked_any, slates[ar, pos], -1)
+        cons = resp.consumption[ar, pos] * clicked_any
+        rating = resp.rating[ar, pos]
         exp = experience_of(rating, cons, clicked_any, self.dynamics.config.satisfaction)
         util = resp.meta.get("utility")
         if util is None:
             util = self.backend_free_utility(users, slates)
-        consumed_topics = cat.topic_weights[np.maximum(chosen, 0)] * clicked_any[:, None]
-        shown_topics = cat.topic_weights[slates].sum(axis=1)
+        d = cat.dim
+        chosen_row = self.item_rows[chosen]  # the pad row (zeros) when nothing was chosen
+        consumed_topics = chosen_row[:, d + 1:]
+        shown_topics = self.item_rows[slates, d + 1:].sum(axis=1)
         shifted = self.dynamics.step(
-            pop.state, users, chosen_features=cat.features[np.maximum(chosen, 0)], consumption=cons,
+            pop.state, users, chosen_features=chosen_row[:, :d], consumption=cons,
             consumed_topics=consumed_topics, shown_topics=shown_topics, best_utility=util.max(axis=1),
             experience=exp, rng=rng, directions=pop.directions,
         )
         pop.memory.write(users, slates, chosen, rating, cons, exp, pop.state.clock[users], consumed_topics)
+        row = np.empty((B, d + len(HISTORY_FEATURES)), np.float32)
+        row[:, :d] = chosen_row[:, :d]
+        row[:, d] = clicked_any
+        row[:, d + 1] = np.where(np.isnan(rating), 0.0, rating / 5.0)
+        row[:, d + 2] = cons
+        row[:, d + 3] = 1.0
+        self._hist[users, (pop.memory.count[users] - 1) % self.spec.history_window] = row
         reward = r.click * resp.clicked.sum(axis=1) + r.leave * resp.leave
         if r.consumption:
             reward = reward + r.consumption * resp.consumption.sum(axis=1)
@@ -124,7 +146,63 @@ class Simulator:
             reward = reward + r.rating * np.nansum((resp.rating - 3.0) / 2.0, axis=1)
         return StepResult(resp, reward.astype(np.float64), slates, shifted)
 
-    def backend_free_utility(self, users: np.ndarray, slates: np.ndarray) -> np.ndarray:
+    def step_one(self, u: int, slate: np.ndarray, rng: np.random.Generator) -> StepResult:
+        """:meth:`step` for one user: the single env's fast path (same model, same random draws)."""
+        backend = self.backend
+        if not hasattr(backend, "decide_one"):
+            return self.step(slice(u, u + 1), slate[None, :], rng)
+        pop, cat, r = self.pop, self.catalog, self.spec.reward
+        resp = backend.decide_one(pop, u, slate, rng)
+        choice = resp.meta["choice"]
+        K = slate.size
+        d = cat.dim
+        hit = choice < K
+        if hit:
+            item = int(slate[choice])
+            cons = float(resp.consumption[0, choice])
+            rating = float(resp.rating[0, choice])
+            row = self.item_rows[item]
+            feats, topics = row[:d], row[d + 1:]
+        else:
+            item, cons, rating, feats, topics = -1, 0.0, float("nan"), None, None
+        exp = (rating - 3.0) / 2.0 if rating == rating else 2.0 * cons - 1.0
+        if not hit:
+            exp = self.dynamics.config.satisfaction.no_click
+        shown_topics = cat.topic_weights[slate].sum(axis=0)
+        shifted = self.dynamics.step_one(
+            pop.state, u, chosen_features=feats, consumption=cons, consumed_topics=topics,
+            shown_topics=shown_topics, best_utility=float(resp.meta["utility"].max()), experience=exp,
+            rng=rng, directions=pop.directions,
+        )
+        mem = pop.memory
+        mem.write_one(u, slate, item, rating, cons, exp, float(pop.state.clock[u]), topics)
+        hrow = self._hist[u, (int(mem.count[u]) - 1) % self.spec.history_window]
+        if hit:
+            hrow[:d] = feats
+            hrow[d:] = (1.0, rating / 5.0 if rating == rating else 0.0, cons, 1.0)
+        else:
+            hrow[:] = 0.0
+            hrow[d + 3] = 1.0
+        reward = r.click * hit + r.leave * bool(resp.leave[0])
+        if r.consumption:
+            reward += r.consumption * cons
+        if r.rating and rating == rating:
+            reward += r.rating * (rating - 3.0) / 2.0
+        return StepResult(resp, np.array([float(reward)]), slate[None, :], np.array([shifted]))
+
+    def observe_one(self, u: int, cands: np.ndarray, t: int, clicks: int) -> dict[str, np.ndarray]:
+        """:meth:`observe` for one user, without the batch dimension."""
+        s = self.spec
+        inv = 1.0 / s.max_steps
+        user = np.array([
+            self._ages[u],
+            min(math.log1p(int(self.pop.state.sessions[u])) * self._inv_log_sessions, 1.0),
+            t * inv, min(clicks * inv, 1.0), min(float(self._last_gap[u]) * 1e-3, 1.0),
+        ], dtype=np.float32)
+        order = (int(self.pop.memory.count[u]) + self._hist_order) % s.history_window
+        return {"candidates": self.item_obs[cands], "user": user, "history": self._hist[u][order]}
+
+    def backend_free_utility(self, users: np.ndarray | slice, slates: np.ndarray) -> np.ndarray:
         """Utility under the embedded model, for dynamics when a backend (e.g. an LLM) gives none."""
         from simrec.cognition.embedded import EmbeddedCognition
 
@@ -133,26 +211,16 @@ class Simulator:
         return self._ref_model.utilities(self.pop, users, slates)
 
     # -- observations ---------------------------------------------------------------------------
-    def observe(self, users: np.ndarray, cands: np.ndarray, t: np.ndarray, clicks: np.ndarray) -> dict[str, np.ndarray]:
+    def observe(self, users: np.ndarray | slice, cands: np.ndarray, t: np.ndarray, clicks: np.ndarray) -> dict[str, np.ndarray]:
         """Batched observation dict; leading dim B."""
-        s, mem = self.spec, self.pop.memory
-        st = self.pop.state
-        user = np.empty((users.size, len(USER_FEATURES)), np.float32)
+        s, st = self.spec, self.pop.state
+        user = np.empty((cands.shape[0], len(USER_FEATURES)), np.float32)
         user[:, 0] = self._ages[users]
-        user[:, 1] = np.minimum(np.log1p(st.sessions[users]) / np.log(1000.0), 1.0)
-        user[:, 2] = t / s.max_steps
-        user[:, 3] = np.minimum(clicks / s.max_steps, 1.0)
-        user[:, 4] = np.minimum(self._last_gap[users] / 1000.0, 1.0)
-        slots, valid = mem.recent_slots(users, s.history_window)
-        ur = users[:, None]
-        chosen = mem.chosen[ur, slots]
-        d = self.catalog.dim
-        hist = np.zeros((users.size, s.history_window, d + 4), np.float32)
-        ok = valid & (chosen >= 0)
-        hist[..., :d] = self.item_obs[np.where(ok, chosen, -1), :d]
-        hist[..., d] = ok
-        rt = mem.rating[ur, slots]
-        hist[..., d + 1] = np.where(ok & ~np.isnan(rt), rt / 5.0, 0.0)
-        hist[..., d + 2] = np.where(ok, mem.consumption[ur, slots], 0.0)
-        hist[..., d + 3] = valid
+        user[:, 1] = np.minimum(np.log1p(st.sessions[users]) * self._inv_log_sessions, 1.0)
+        user[:, 2] = t * (1.0 / s.max_steps)
+        user[:, 3] = np.minimum(clicks * (1.0 / s.max_steps), 1.0)
+        user[:, 4] = np.minimum(self._last_gap[users] * 1e-3, 1.0)
+        # oldest first: ring slots count, count + 1, ... (mod window)
+        order = (self.pop.memory.count[users][:, None] + self._hist_order) % s.history_window
+        hist = np.take_along_axis(self._hist[users], order[:, :, None], axis=1)
         return {"candidates": self.item_obs[cands], "user": user, "history": hist}

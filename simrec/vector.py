@@ -32,7 +32,7 @@ class SlateVectorEnv(VectorEnv):
     ``gymnasium.make_vec("simrec/Synthetic-v0", num_envs=N, vectorization_mode="vector_entry_point")``.
 
     ``info`` holds batched arrays: ``user`` (population index), ``t``, ``slate_items``, ``clicked``,
-    ``rating``, ``consumption``, ``leave``, ``source`` and, for logging only, ``latent`` (dict of
+    ``rating`` (0 = not rated), ``consumption``, ``leave``, ``source`` and, for logging only, ``latent`` (dict of
     arrays: fatigue, satisfaction, boredom, taste).
     """
 
@@ -108,7 +108,7 @@ class SlateVectorEnv(VectorEnv):
         truncated = ~terminated & (self._t >= s.max_steps)
         info: dict[str, Any] = {
             "user": self._users.copy(), "t": self._t.copy(), "slate_items": slates, "clicked": r.clicked,
-            "rating": r.rating, "consumption": r.consumption, "leave": terminated, "source": r.source,
+            "rating": np.nan_to_num(r.rating, nan=0.0), "consumption": r.consumption, "leave": terminated, "source": r.source,
             "concept_shift": res.shifted,
         }
         if s.log_latent:

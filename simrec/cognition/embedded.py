@@ -16,6 +16,7 @@ and pickiness, pulled toward the crowd's view by conformity, plus Gaussian noise
 
 from __future__ import annotations
 
+import math
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -24,6 +25,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from simrec.cognition.base import SOURCE_EMBEDDED, JudgeBatch, ResponseBatch
 
 if TYPE_CHECKING:
+    from simrec.catalog import Catalog
     from simrec.population import Population
 
 
@@ -62,40 +64,75 @@ class EmbeddedCognition:
     def __init__(self, config: ChoiceConfig | dict | None = None) -> None:
         self.config = config if isinstance(config, ChoiceConfig) else ChoiceConfig(**(config or {}))
         self._logpos = -self.config.position_decay * np.log1p(np.arange(256, dtype=np.float32))
+        self._blocks: dict[int, np.ndarray] = {}
         self.calls = 0
 
     # -- model pieces (public so analysis and fidelity can use them) ----------------------------
-    def utilities(self, pop: "Population", users: np.ndarray, slates: np.ndarray) -> np.ndarray:
-        """Deterministic utility ``(B, K)`` of each slate item for each user."""
+    # ``users`` may be an index array or a ``slice`` (the single-user env passes ``slice(u, u + 1)``
+    # so that state reads are views rather than fancy-index copies).
+    accepts_slices = True
+
+    def item_block(self, catalog: "Catalog") -> np.ndarray:
+        """Per-item rows ``[features, quality - 1/2, popularity - 1/2, topic weights]``, cached."""
+        key = id(catalog)
+        if key not in self._blocks:
+            self._blocks[key] = np.ascontiguousarray(np.concatenate(
+                [catalog.features, catalog.quality[:, None] - 0.5, catalog.popularity[:, None] - 0.5,
+                 catalog.topic_weights], axis=1), dtype=np.float32)
+        return self._blocks[key]
+
+    def utilities(self, pop: "Population", users: np.ndarray | slice, slates: np.ndarray) -> np.ndarray:
+        """Deterministic utility ``(B, K)`` of each slate item for each user.
+
+        Every term is linear in the item block, so utility is one product of the items' block rows
+        with a per-user weight vector ``[affinity * taste, quality weight, conformity weight,
+        -(boredom + novelty * topic share)]``, plus the novelty offset.
+        """
         c = self.config
-        cat = pop.catalog
+        d = pop.catalog.dim
         tr = pop.traits[users]
-        f = cat.features[slates]
-        tw = cat.topic_weights[slates]
-        u = c.affinity * np.einsum("bkd,bd->bk", f, pop.state.taste[users])
-        u += c.quality * (cat.quality[slates] - 0.5)
-        u += (c.conformity * tr[:, 1:2]) * (cat.popularity[slates] - 0.5)
-        if c.novelty:
-            u += (c.novelty * (2.0 * tr[:, 2:3] - 1.0)) * pop.memory.topic_novelty(users, tw)
-        u -= c.boredom * np.einsum("bkt,bt->bk", tw, pop.state.boredom[users])
+        nov = c.novelty * (2.0 * tr[:, 2] - 1.0)
+        tc = pop.memory.topic_consumed[users]
+        w = np.empty((tr.shape[0], d + 2 + tc.shape[1], 1), dtype=np.float32)
+        w[:, :d, 0] = pop.state.taste[users]
+        w[:, :d, 0] *= c.affinity
+        w[:, d, 0] = c.quality
+        w[:, d + 1, 0] = c.conformity * tr[:, 1]
+        share = tc / np.maximum(tc.sum(axis=1, keepdims=True), 1e-6)
+        w[:, d + 2:, 0] = -(c.boredom * pop.state.boredom[users] + nov[:, None] * share)
+        u = np.matmul(self.item_block(pop.catalog)[slates], w)[:, :, 0]
+        u += nov[:, None]
         return u
 
-    def ratings(self, pop: "Population", users: np.ndarray, slates: np.ndarray, util: np.ndarray,
+    # Formulas shared by the batched and the single-user path (work on floats and arrays alike).
+    def no_click_utility(self, pickiness, fatigue):
+        c = self.config
+        return c.no_click + c.no_click_pickiness * (pickiness - 0.5) + c.no_click_fatigue * fatigue
+
+    def latent_rating(self, util, bias, pickiness, conformity, quality):
+        c = self.config
+        w = c.rating_conformity * conformity
+        own = 3.0 + c.rating_scale * util + bias + c.rating_pickiness * (0.5 - pickiness)
+        return (1.0 - w) * own + w * (1.0 + 4.0 * quality)
+
+    def leave_logit(self, fatigue, patience, satisfaction, no_click):
+        c = self.config
+        return (c.leave_base + c.leave_fatigue * (fatigue - 0.35 - 0.5 * patience)
+                - c.leave_satisfaction * satisfaction + c.leave_no_click * no_click)
+
+    def ratings(self, pop: "Population", users: np.ndarray | slice, slates: np.ndarray, util: np.ndarray,
                 rng: np.random.Generator | None) -> np.ndarray:
         """Star ratings ``(B, K)`` the users would give the items (noise-free when ``rng`` is None)."""
         c = self.config
         tr = pop.traits[users]
-        latent = 3.0 + c.rating_scale * util + pop.rating_bias[users, None]
-        latent += c.rating_pickiness * (0.5 - tr[:, 4:5])
-        crowd = 1.0 + 4.0 * pop.catalog.quality[slates]
-        w = c.rating_conformity * tr[:, 1:2]
-        latent = (1.0 - w) * latent + w * crowd
+        latent = self.latent_rating(util, pop.rating_bias[users][:, None], tr[:, 4:5], tr[:, 1:2],
+                                    pop.catalog.quality[slates])
         if rng is not None and c.rating_noise > 0:
-            latent = latent + c.rating_noise * rng.standard_normal(latent.shape)
+            latent = latent + c.rating_noise * rng.standard_normal(latent.shape, dtype=np.float32)
         return np.clip(np.rint(latent), 1.0, 5.0).astype(np.float32)
 
     # -- protocol -------------------------------------------------------------------------------
-    def decide(self, pop: "Population", users: np.ndarray, slates: np.ndarray,
+    def decide(self, pop: "Population", users: np.ndarray | slice, slates: np.ndarray,
                rng: np.random.Generator) -> ResponseBatch:
         c = self.config
         B, K = slates.shape
@@ -103,34 +140,69 @@ class EmbeddedCognition:
         util = self.utilities(pop, users, slates)
         tr = pop.traits[users]
         fatigue = pop.state.fatigue[users]
-        nc = c.no_click + c.no_click_pickiness * (tr[:, 4] - 0.5) + c.no_click_fatigue * fatigue
         z = np.empty((B, K + 1))
         z[:, :K] = util / c.temperature + self._logpos[:K]
-        z[:, K] = nc / c.temperature
-        noise = rng.random((B, K + 4))  # gumbel for choice, then consumption, rating-gate, leave
+        z[:, K] = self.no_click_utility(tr[:, 4], fatigue) / c.temperature
+        noise = rng.random((B, K + 4))  # gumbel for choice, then consumption, rating gate, leave
         z -= np.log(-np.log(noise[:, : K + 1]))
-        choice = z.argmax(axis=1)
-        rows = np.flatnonzero(choice < K)
-        cols = choice[rows]
+        choice = z.argmax(axis=1)  # K means "nothing"
+        hit = choice < K
+        col = np.minimum(choice, K - 1)
+        ar = np.arange(B)
+        uc = util[ar, col]
+        e = np.log(noise[:, K + 1]) - np.log1p(-noise[:, K + 1])  # logistic noise
         clicked = np.zeros((B, K), dtype=bool)
-        clicked[rows, cols] = True
+        clicked[ar, col] = hit
         consumption = np.zeros((B, K), dtype=np.float32)
+        consumption[ar, col] = hit / (1.0 + np.exp(-(c.consumption_scale * uc + e)))
+        stars = self.ratings(pop, users, slates[ar, col][:, None], uc[:, None], rng)[:, 0]
         rating = np.full((B, K), np.nan, dtype=np.float32)
-        if rows.size:
-            uc = util[rows, cols]
-            e = np.log(noise[rows, K + 1]) - np.log1p(-noise[rows, K + 1])  # logistic noise
-            consumption[rows, cols] = 1.0 / (1.0 + np.exp(-(c.consumption_scale * uc + e)))
-            gate = noise[rows, K + 2] < c.rate_prob
-            rr, rc = rows[gate], cols[gate]
-            if rr.size:
-                stars = self.ratings(pop, users[rr], slates[rr, rc][:, None], uc[gate][:, None], rng)
-                rating[rr, rc] = stars[:, 0]
-        threshold = 0.35 + 0.5 * tr[:, 3]
-        logit = (c.leave_base + c.leave_fatigue * (fatigue - threshold)
-                 - c.leave_satisfaction * pop.state.satisfaction[users] + c.leave_no_click * (choice == K))
+        rating[ar, col] = np.where(hit & (noise[:, K + 2] < c.rate_prob), stars, np.nan)
+        logit = self.leave_logit(fatigue, tr[:, 3], pop.state.satisfaction[users], ~hit)
         leave = noise[:, K + 3] * (1.0 + np.exp(-logit)) < 1.0  # u < sigmoid(logit)
-        resp = ResponseBatch(clicked, rating, consumption, leave, np.full(B, SOURCE_EMBEDDED, np.int8))
+        resp = ResponseBatch(clicked, rating, consumption, leave, np.zeros(B, np.int8))  # SOURCE_EMBEDDED
         resp.meta["utility"] = util
+        return resp
+
+    def decide_one(self, pop: "Population", u: int, slate: np.ndarray, rng: np.random.Generator) -> ResponseBatch:
+        """``decide`` for a single user (the single env's fast path): same model, same random draws
+        in the same order, scalar arithmetic. Returns a batch of one."""
+        c = self.config
+        K = slate.size
+        self.calls += 1
+        util = self.utilities(pop, slice(u, u + 1), slate[None, :])
+        ut = util[0].tolist()
+        _, conformity, _, patience, pickiness = pop.traits[u].tolist()
+        fatigue = float(pop.state.fatigue[u])
+        noise = rng.random((1, K + 4))[0].tolist()
+        inv_t = 1.0 / c.temperature
+        lp = self._logpos
+        choice, best = K, self.no_click_utility(pickiness, fatigue) * inv_t - math.log(-math.log(noise[K]))
+        for k in range(K):  # Gumbel-max; strict ">" keeps numpy's first-maximum tie rule
+            z = ut[k] * inv_t + float(lp[k]) - math.log(-math.log(noise[k]))
+            if z > best or (z == best and k < choice):
+                choice, best = k, z
+        hit = choice < K
+        col = min(choice, K - 1)
+        uc = ut[col]
+        clicked = np.zeros((1, K), dtype=bool)
+        consumption = np.zeros((1, K), dtype=np.float32)
+        rating = np.full((1, K), np.nan, dtype=np.float32)
+        e = math.log(noise[K + 1]) - math.log1p(-noise[K + 1])
+        latent = self.latent_rating(uc, float(pop.rating_bias[u]), pickiness, conformity,
+                                    float(pop.catalog.quality[slate[col]]))
+        if c.rating_noise > 0:
+            latent += c.rating_noise * float(rng.standard_normal((1, 1), dtype=np.float32)[0, 0])
+        if hit:
+            clicked[0, col] = True
+            consumption[0, col] = 1.0 / (1.0 + math.exp(-(c.consumption_scale * uc + e)))
+            if noise[K + 2] < c.rate_prob:
+                rating[0, col] = min(max(float(np.rint(latent)), 1.0), 5.0)
+        logit = self.leave_logit(fatigue, patience, float(pop.state.satisfaction[u]), not hit)
+        leave = np.array([noise[K + 3] * (1.0 + math.exp(-logit)) < 1.0])
+        resp = ResponseBatch(clicked, rating, consumption, leave, np.zeros(1, np.int8))
+        resp.meta["utility"] = util
+        resp.meta["choice"] = choice
         return resp
 
     def judge(self, pop: "Population", users: np.ndarray, items: np.ndarray,
@@ -140,8 +212,7 @@ class EmbeddedCognition:
         c = self.config
         util = self.utilities(pop, users, items)
         tr = pop.traits[users]
-        nc = c.no_click + c.no_click_pickiness * (tr[:, 4] - 0.5) + c.no_click_fatigue * pop.state.fatigue[users]
-        watch = util > nc[:, None]
+        watch = util > self.no_click_utility(tr[:, 4], pop.state.fatigue[users])[:, None]
         rating = self.ratings(pop, users, items, util, None)
         return JudgeBatch(watch, rating, np.full(users.size, SOURCE_EMBEDDED, np.int8), {"utility": util})
 
