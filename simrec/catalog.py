@@ -80,7 +80,10 @@ class Catalog:
     ) -> None:
         n = len(ids)
         if len(set(ids)) != n:
-            raise ConfigError(f"catalog '{name}': item ids must be unique")
+            from collections import Counter
+
+            dup = sorted(str(k) for k, c in Counter(ids).items() if c > 1)[:5]
+            raise ConfigError(f"catalog '{name}': item ids (field 'id') must be unique; duplicated: {dup}")
         self.name = name
         self.ids = list(ids)
         self.titles = list(titles)
@@ -173,7 +176,10 @@ class Catalog:
             cf = CatalogFile.model_validate(raw)
         except ValidationError as e:
             raise format_validation_error(path, e) from None
-        return cls.from_items(cf.items, cf.topics, name=cf.name)
+        try:
+            return cls.from_items(cf.items, cf.topics, name=cf.name)
+        except ConfigError as e:  # cross-item checks: name the file too
+            raise ConfigError(f"{path}: {e}") from None
 
     def save(self, path: str | Path) -> None:
         cf = CatalogFile(name=self.name, topics=self.topic_names, items=[self.item(i) for i in range(len(self))])

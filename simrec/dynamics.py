@@ -21,7 +21,7 @@ import math
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
-from simrec.state import UserState
+from simrec.state import UserState, rows
 
 
 class DriftConfig(BaseModel):
@@ -100,7 +100,7 @@ def ou_drift(state: UserState, users: np.ndarray | slice, cfg: DriftConfig, rng:
 
 def _ou_mean_and_noise(state: UserState, users: np.ndarray | slice, cfg: DriftConfig, rng: np.random.Generator,
                        dt: np.ndarray | float) -> np.ndarray:
-    taste, anchor = state.taste[users], state.anchor[users]
+    taste, anchor = rows(state.taste, users), rows(state.anchor, users)
     if cfg.theta == 0 and cfg.sigma == 0:
         return taste.copy()
     if isinstance(dt, float):  # the per-step case: scalar constants
@@ -157,7 +157,7 @@ def concept_shift(state: UserState, users: np.ndarray | slice, cfg: DriftConfig,
 def update_boredom(state: UserState, users: np.ndarray | slice, consumed_topics: np.ndarray,
                    shown_topics: np.ndarray, cfg: BoredomConfig, dt: float = 1.0) -> None:
     """Decay boredom over ``dt``, then add consumption (B, T) and exposure (B, T) contributions."""
-    b = state.boredom[users] * (1.0 - cfg.decay) ** dt
+    b = rows(state.boredom, users) * (1.0 - cfg.decay) ** dt
     b += cfg.growth * consumed_topics
     b += cfg.exposure * shown_topics
     state.boredom[users] = b
@@ -217,7 +217,7 @@ class Dynamics:
         a = (d.assimilation * consumption)[:, None]
         state.taste[users] = _normalize_rows(t + a * (chosen_features - t))
         if d.anchor_assimilation > 0:
-            an = state.anchor[users]
+            an = rows(state.anchor, users)
             state.anchor[users] = _normalize_rows(an + (d.anchor_assimilation * consumption)[:, None] * (chosen_features - an))
         shifted = concept_shift(state, users, d, rng, directions)
         update_boredom(state, users, consumed_topics, shown_topics, c.boredom)

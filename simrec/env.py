@@ -48,7 +48,7 @@ class SlateSpace(spaces.MultiDiscrete):
 def validate_slates(actions: np.ndarray, num_candidates: int, slate_size: int) -> np.ndarray:
     """Check a ``(B, K)`` batch of slates; raise :class:`InvalidActionError` naming the problem."""
     a = np.asarray(actions)
-    if a.shape[-1] != slate_size or not np.issubdtype(a.dtype, np.integer):
+    if a.ndim != 2 or a.shape[-1] != slate_size or not np.issubdtype(a.dtype, np.integer):
         raise InvalidActionError(
             f"a slate must be {slate_size} integer indices into the {num_candidates} candidates, "
             f"got dtype {a.dtype} shape {a.shape}"
@@ -172,10 +172,10 @@ class SlateEnv(gymnasium.Env):
             raise RuntimeError("call reset() before step()")
         s = self.sim_spec
         a = np.asarray(action)
-        if s.slate_size == 1:
+        if s.slate_size == 1 and a.size == 1:
             a = a.reshape(1)
         if not (a.shape == (s.slate_size,) and a.dtype.kind in "iu" and _distinct_in_range(a.tolist(), s.num_candidates)):
-            validate_slates(a[None, :], s.num_candidates, s.slate_size)  # raises with the precise problem
+            validate_slates(a[None, ...], s.num_candidates, s.slate_size)  # raises with the precise problem
         slate = self._cands[0, a]
         res = self.sim.step_one(self.user_index, slate, self.np_random)
         r = res.response

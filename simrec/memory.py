@@ -96,7 +96,8 @@ class MemoryBank:
         clicked = chosen >= 0
         self.n_chosen[users] += clicked
         self.n_skipped[users] += ~clicked
-        self.topic_consumed[users] = self.summary_decay * self.topic_consumed[users] + topic_weights * consumption[:, None]
+        tc = self.topic_consumed[users] if isinstance(users, slice) else np.take(self.topic_consumed, users, axis=0)
+        self.topic_consumed[users] = self.summary_decay * tc + topic_weights * consumption[:, None]
         self.topic_rating_sum[users] += topic_weights * np.where(rated, rating, 0.0)[:, None]
         self.topic_rating_n[users] += topic_weights * rated[:, None]
 

@@ -351,6 +351,7 @@ def run_episodes(env: gymnasium.Env, recommender: Recommender, episodes: int, *,
     with ``update(n)`` (e.g. a tqdm bar), advanced once per episode.
     """
     out: list[dict[str, float]] = []
+    clicks_total, shown_total = 0, 0
     for ep in range(episodes):
         obs, info = env.reset(seed=seed if ep == 0 else None)
         done, ret, n, clicks = False, 0.0, 0, 0
@@ -367,6 +368,10 @@ def run_episodes(env: gymnasium.Env, recommender: Recommender, episodes: int, *,
             clicks += int(np.asarray(info.get("clicked", 0)).sum())
             done = terminated or truncated
         out.append({"return": ret, "length": n, "clicks": clicks})
+        clicks_total += clicks
+        shown_total += n * recommender.slate_size
         if progress is not None:
+            if hasattr(progress, "set_postfix"):  # tqdm: show the running CTR
+                progress.set_postfix(ctr=f"{clicks_total / max(shown_total, 1):.4f}", refresh=False)
             progress.update(1)
     return out

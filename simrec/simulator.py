@@ -123,9 +123,11 @@ class Simulator:
         if util is None:
             util = self.backend_free_utility(users, slates)
         d = cat.dim
-        chosen_row = self.item_rows[chosen]  # the pad row (zeros) when nothing was chosen
+        chosen_row = np.take(self.item_rows, chosen, axis=0)  # the pad row (zeros) when nothing was chosen
         consumed_topics = chosen_row[:, d + 1:]
-        shown_topics = self.item_rows[slates, d + 1:].sum(axis=1)
+        shown_topics = resp.meta.get("shown_topics")
+        if shown_topics is None:
+            shown_topics = np.take(self.item_rows, slates, axis=0)[:, :, d + 1:].sum(axis=1)
         shifted = self.dynamics.step(
             pop.state, users, chosen_features=chosen_row[:, :d], consumption=cons,
             consumed_topics=consumed_topics, shown_topics=shown_topics, best_utility=util.max(axis=1),
@@ -221,6 +223,8 @@ class Simulator:
         user[:, 3] = np.minimum(clicks * (1.0 / s.max_steps), 1.0)
         user[:, 4] = np.minimum(self._last_gap[users] * 1e-3, 1.0)
         # oldest first: ring slots count, count + 1, ... (mod window)
-        order = (self.pop.memory.count[users][:, None] + self._hist_order) % s.history_window
-        hist = np.take_along_axis(self._hist[users], order[:, :, None], axis=1)
-        return {"candidates": self.item_obs[cands], "user": user, "history": hist}
+        w = s.history_window
+        flat = as_index(users)[:, None] * w + (self.pop.memory.count[users][:, None] + self._hist_order) % w
+        hist = np.take(self._hist.reshape(-1, self._hist.shape[2]), flat.ravel(), axis=0).reshape(flat.shape + (-1,))
+        cand = np.take(self.item_obs, cands.ravel(), axis=0).reshape(cands.shape + (-1,))
+        return {"candidates": cand, "user": user, "history": hist}

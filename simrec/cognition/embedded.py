@@ -23,6 +23,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from simrec.cognition.base import SOURCE_EMBEDDED, JudgeBatch, ResponseBatch
+from simrec.state import rows
 
 if TYPE_CHECKING:
     from simrec.catalog import Catalog
@@ -92,15 +93,17 @@ class EmbeddedCognition:
         d = pop.catalog.dim
         tr = pop.traits[users]
         nov = c.novelty * (2.0 * tr[:, 2] - 1.0)
-        tc = pop.memory.topic_consumed[users]
+        tc = rows(pop.memory.topic_consumed, users)
         w = np.empty((tr.shape[0], d + 2 + tc.shape[1], 1), dtype=np.float32)
-        w[:, :d, 0] = pop.state.taste[users]
+        w[:, :d, 0] = rows(pop.state.taste, users)
         w[:, :d, 0] *= c.affinity
         w[:, d, 0] = c.quality
         w[:, d + 1, 0] = c.conformity * tr[:, 1]
         share = tc / np.maximum(tc.sum(axis=1, keepdims=True), 1e-6)
-        w[:, d + 2:, 0] = -(c.boredom * pop.state.boredom[users] + nov[:, None] * share)
-        u = np.matmul(self.item_block(pop.catalog)[slates], w)[:, :, 0]
+        w[:, d + 2:, 0] = -(c.boredom * rows(pop.state.boredom, users) + nov[:, None] * share)
+        blk = np.take(self.item_block(pop.catalog), slates, axis=0)
+        self._last_block = blk  # decide() hands it on, so the simulator need not gather it again
+        u = np.matmul(blk, w)[:, :, 0]
         u += nov[:, None]
         return u
 
@@ -162,6 +165,7 @@ class EmbeddedCognition:
         leave = noise[:, K + 3] * (1.0 + np.exp(-logit)) < 1.0  # u < sigmoid(logit)
         resp = ResponseBatch(clicked, rating, consumption, leave, np.zeros(B, np.int8))  # SOURCE_EMBEDDED
         resp.meta["utility"] = util
+        resp.meta["shown_topics"] = self._last_block[:, :, pop.catalog.dim + 2:].sum(axis=1)
         return resp
 
     def decide_one(self, pop: "Population", u: int, slate: np.ndarray, rng: np.random.Generator) -> ResponseBatch:

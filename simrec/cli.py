@@ -1,0 +1,439 @@
+"""The ``simrec`` command line (also ``python -m simrec``).
+
+    simrec demo                          # linucb vs random on the embedded world, logs in runs/demo
+    simrec demo --backend llm            # a few LLM-backed sessions on a bundled local model
+    simrec run --env simrec/Synthetic-v0 --recommender linucb --episodes 500 --seed 0 --out runs/linucb
+    simrec envs | simrec world --export DIR | simrec inspect DIR | simrec replay DIR | simrec fidelity ...
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import math
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any, Iterator, Sequence
+
+from simrec.errors import SimrecError
+
+RECOMMENDER_NAMES = ("random", "popular", "greedy", "egreedy", "linucb")
+LOCAL_LLM_HINT = "pip install -e .[local-llm]"
+
+
+class CLIError(SimrecError):
+    """A user-facing command-line error (printed without a traceback, exit status 2)."""
+
+
+# -- helpers --------------------------------------------------------------------------------------
+def resolve_env_spec(name: str | None, spec_file: str | None = None) -> Any:
+    """An :class:`~simrec.spec.EnvSpec` from ``--spec FILE`` or ``--env`` (a Gymnasium id such as
+    ``simrec/Synthetic-v0``, a built-in name such as ``synthetic-v0``, or a JSON path)."""
+    from simrec.spec import EnvSpec, builtin_specs
+
+    if spec_file:
+        return EnvSpec.load(spec_file)
+    name = name or "simrec/Synthetic-v0"
+    if name.endswith(".json") or Path(name).is_file():
+        return EnvSpec.load(name)
+    for builtin in builtin_specs():
+        spec = EnvSpec.builtin(builtin)
+        if name in (builtin, spec.id, spec.id.split("/", 1)[-1]):
+            return spec
+    ids = [EnvSpec.builtin(b).id for b in builtin_specs()]
+    raise CLIError(f"unknown env {name!r}. Fix: use one of {ids} (see `simrec envs`) or --spec FILE")
+
+
+def _spec_overrides(args: argparse.Namespace, base_url: str | None) -> dict[str, Any]:
+    o: dict[str, Any] = {}
+    for key in ("slate_size", "max_steps", "num_candidates"):
+        v = getattr(args, key, None)
+        if v is not None:
+            o[key] = v
+    backend = getattr(args, "backend", None)
+    if backend:
+        o["backend"] = backend
+    if backend == "llm" or getattr(args, "model", None) or base_url:
+        cfg: dict[str, Any] = {}
+        if base_url:
+            cfg["base_url"] = base_url
+        if getattr(args, "model", None):
+            cfg["model"] = args.model
+        if cfg:
+            o["backend_config"] = cfg
+    return o
+
+
+@contextlib.contextmanager
+def llm_endpoint(args: argparse.Namespace) -> Iterator[str | None]:
+    """The base URL for ``--backend llm``: ``--base-url``, the environment's, or a bundled local
+    model started for the duration (``simrec.local_llm.local_server``)."""
+    if getattr(args, "backend", None) != "llm":
+        yield getattr(args, "base_url", None)
+        return
+    if args.base_url or os.environ.get("SIMREC_LLM_BASE_URL") or os.environ.get("OPENAI_BASE_URL"):
+        yield args.base_url
+        return
+    try:
+        from simrec.local_llm import local_server
+    except ImportError as e:
+        raise CLIError(f"--backend llm without --base-url runs a bundled local model, which needs the local-llm "
+                       f"extra ({e}). Fix: {LOCAL_LLM_HINT}, or pass --base-url of an OpenAI-compatible server.") from None
+    print("starting the bundled local LLM server (127.0.0.1) ...", file=sys.stderr)
+    try:
+        cm = local_server()
+        url = cm.__enter__()
+    except (ImportError, FileNotFoundError) as e:
+        raise CLIError(f"could not start the bundled local LLM ({e}). Fix: {LOCAL_LLM_HINT}") from None
+    try:
+        yield url
+    finally:
+        cm.__exit__(*sys.exc_info())
+
+
+def make_env(args: argparse.Namespace, base_url: str | None = None) -> Any:
+    """A :class:`~simrec.env.SlateEnv` for the parsed ``--env/--spec`` and override flags."""
+    from simrec.env import SlateEnv
+
+    spec = resolve_env_spec(getattr(args, "env", None), getattr(args, "spec", None))
+    overrides = _spec_overrides(args, base_url)
+    if overrides:
+        spec = spec.with_overrides(**overrides)
+    return SlateEnv(spec)
+
+
+def load_policy(path: str, algo: str, env: Any) -> Any:
+    """A stable-baselines3 model from ``path`` as a recommender for ``env``.
+
+    The wrappers are inferred from the model's spaces: a ``Box`` action means per-candidate scores
+    (:class:`~simrec.wrappers.TopKScores`), a ``MultiDiscrete`` one repaired slates
+    (:class:`~simrec.wrappers.RepairSlate`); a flat ``Box`` observation means ``FlattenObservation``.
+    """
+    try:
+        import stable_baselines3 as sb3
+    except ImportError:
+        raise CLIError("--policy needs stable-baselines3. Fix: pip install -e .[rl]") from None
+    from gymnasium import spaces
+    from gymnasium.wrappers import FlattenObservation
+
+    from simrec.recommenders import SB3Policy
+    from simrec.wrappers import RepairSlate, TopKScores
+
+    cls = getattr(sb3, algo.upper(), None)
+    if cls is None:
+        raise CLIError(f"unknown --algo {algo!r}. Fix: use an SB3 algorithm name such as ppo, a2c, sac")
+    if not Path(path).exists() and not Path(path + ".zip").exists():
+        raise CLIError(f"{path}: no such model file")
+    model = cls.load(path, device="cpu")
+    wrapped = env
+    if isinstance(model.action_space, spaces.Box):
+        wrapped = TopKScores(wrapped)
+    elif isinstance(model.action_space, spaces.MultiDiscrete) and not isinstance(env.action_space, spaces.Discrete):
+        wrapped = RepairSlate(wrapped)
+    if isinstance(model.observation_space, spaces.Box) and isinstance(env.observation_space, spaces.Dict):
+        wrapped = FlattenObservation(wrapped)
+    if model.observation_space.shape != wrapped.observation_space.shape:
+        raise CLIError(f"{path}: the model expects observations of shape {model.observation_space.shape}, "
+                       f"this env gives {wrapped.observation_space.shape}. Fix: use the env it was trained on.")
+    return SB3Policy(model, wrapped)
+
+
+def run_recommender(env: Any, recommender: Any, episodes: int, seed: int, out: str | Path | None, *,
+                    name: str, overwrite: bool = False, progress: bool = True, flush_every: int = 1,
+                    metadata: dict[str, Any] | None = None) -> tuple[dict[str, float], Any]:
+    """Run and record ``episodes`` sessions; returns ``(summary, trajectories)``."""
+    from tqdm.auto import tqdm
+
+    from simrec.analysis import summarize
+    from simrec.recommenders import run_episodes
+    from simrec.trajectory import Recorder
+
+    rec_env = Recorder(env, out, overwrite=overwrite, flush_every=flush_every, recommender=name, metadata=metadata)
+    recommender.reset(seed=seed)
+    with tqdm(total=episodes, desc=name, unit="ep", disable=not progress, file=sys.stderr, dynamic_ncols=True) as bar:
+        try:
+            run_episodes(rec_env, recommender, episodes, seed=seed, progress=bar)
+        finally:
+            rec_env.close()
+    traj = rec_env.trajectories()
+    return summarize(traj), traj
+
+
+def _make_recommender(args: argparse.Namespace, env: Any, name: str) -> Any:
+    from simrec.recommenders import make_recommender
+
+    if getattr(args, "policy", None):
+        return load_policy(args.policy, args.algo, env)
+    return make_recommender(name, env.action_space, seed=args.seed)
+
+
+def _print_json(obj: Any) -> None:
+    print(json.dumps(obj, indent=1, default=lambda o: None if isinstance(o, float) and math.isnan(o) else str(o)))
+
+
+def _clean(d: dict[str, float]) -> dict[str, Any]:
+    return {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in d.items()}
+
+
+# -- commands -------------------------------------------------------------------------------------
+def cmd_demo(args: argparse.Namespace) -> int:
+    from simrec.analysis import format_summary, format_table
+
+    llm = args.backend == "llm"
+    episodes = args.episodes if args.episodes is not None else (3 if llm else 200)
+    if llm and args.max_steps is None:
+        args.max_steps = 5
+    names = [args.recommender] + ([] if llm or args.baseline in (None, "none", args.recommender) else [args.baseline])
+    out = Path(args.out)
+    summaries: dict[str, dict[str, float]] = {}
+    t0 = time.perf_counter()
+    with llm_endpoint(args) as url:
+        for name in names:
+            env = make_env(args, url)
+            rec = _make_recommender(args, env, name)
+            s, _ = run_recommender(env, rec, episodes, args.seed, out / name, name=name, overwrite=True,
+                                   progress=not args.no_progress, metadata={"command": "demo"})
+            summaries[name] = s
+    spec = resolve_env_spec(args.env, None)
+    print(f"\nsimrec demo: {episodes} sessions per recommender on {spec.id} "
+          f"({'LLM' if llm else 'embedded'} users), seed {args.seed}, {time.perf_counter() - t0:.1f}s\n")
+    if len(summaries) > 1:
+        print(format_table(summaries))
+        a, b = summaries[names[0]], summaries[names[1]]
+        if b.get("ctr"):
+            print(f"\n{names[0]} vs {names[1]}: CTR {100 * (a['ctr'] / b['ctr'] - 1):+.1f}%, "
+                  f"session length {a['mean_session_length']:.1f} vs {b['mean_session_length']:.1f} steps")
+    print()
+    print(format_summary(summaries[names[0]], f"{names[0]}:"))
+    print("\ntrajectory logs: " + ", ".join(str(out / n) for n in names))
+    print(f"inspect with: simrec inspect {out / names[0]}")
+    return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from simrec.analysis import format_summary
+
+    name = "sb3:" + Path(args.policy).name if args.policy else args.recommender
+    with llm_endpoint(args) as url:
+        env = make_env(args, url)
+        rec = _make_recommender(args, env, args.recommender)
+        summary, traj = run_recommender(env, rec, args.episodes, args.seed, args.out, name=name,
+                                        overwrite=args.overwrite, progress=not args.no_progress,
+                                        flush_every=args.flush_every, metadata={"command": "run"})
+    if args.json:
+        _print_json({"recommender": name, "env": traj.manifest["env_id"], "seed": args.seed,
+                     "out": args.out, "summary": _clean(summary)})
+        return 0
+    print(format_summary(summary, f"{name} on {traj.manifest['env_id']} ({args.episodes} sessions, seed {args.seed}):"))
+    if args.out:
+        print(f"\ntrajectory log: {args.out}")
+    return 0
+
+
+def cmd_envs(args: argparse.Namespace) -> int:
+    from simrec.spec import EnvSpec, builtin_specs
+
+    specs = [EnvSpec.builtin(n) for n in builtin_specs()]
+    if args.json:
+        _print_json({s.id: s.model_dump(mode="json") for s in specs})
+        return 0
+    for s in specs:
+        print(f"{s.id}")
+        if s.description:
+            print(f"  {s.description}")
+        print(f"  world: {s.world.kind}; slate {s.slate_size} of {s.num_candidates} candidates; sessions up to "
+              f"{s.max_steps} steps; backend: {s.backend}; reward weights: {s.reward.model_dump()}")
+    return 0
+
+
+def cmd_world(args: argparse.Namespace) -> int:
+    from simrec.registration import build_world
+
+    spec = resolve_env_spec(args.env, args.spec)
+    world = build_world(spec.world)
+    out = Path(args.export)
+    out.mkdir(parents=True, exist_ok=True)
+    world.catalog.save(out / "catalog.json")
+    world.personas.save(out / "personas.json")
+    print(f"wrote {out / 'catalog.json'} ({len(world.catalog)} items, {world.catalog.n_topics} topics) and "
+          f"{out / 'personas.json'} ({len(world.personas)} personas) for {spec.id}")
+    return 0
+
+
+def cmd_inspect(args: argparse.Namespace) -> int:
+    from simrec.analysis import format_summary, per_user, summarize
+    from simrec.trajectory import read_trajectories
+
+    traj = read_trajectories(args.path)
+    m = traj.manifest
+    summary = summarize(traj)
+    users = per_user(traj).sort_values("sessions", ascending=False)
+    if args.json:
+        _print_json({"manifest": {k: v for k, v in m.items() if k != "spec"}, "summary": _clean(summary),
+                     "users": json.loads(users.head(args.users).to_json(orient="records"))})
+        return 0
+    print(f"{args.path}: {m['env_id']}, recommender {m.get('recommender') or '-'}, backend {m['backend']}, "
+          f"seed {m.get('seed')}")
+    print(f"  simrec {m['simrec_version']}, schema v{m['schema_version']}, run {m['run_id'][:12]}, "
+          f"started {m['created']}, " + (f"closed {m['closed']}" if m.get("closed") else "NOT closed (interrupted?)"))
+    incomplete = int((~traj.episodes["complete"]).sum()) if len(traj.episodes) else 0
+    print(f"  {len(traj.episodes)} episodes ({incomplete} incomplete), {len(traj.steps)} steps, {len(traj.calls)} LLM calls")
+    if m.get("backend_stats"):
+        print("  backend stats: " + ", ".join(f"{k}={v}" for k, v in m["backend_stats"].items()))
+    print()
+    print(format_summary(summary, "summary:"))
+    if len(users):
+        print(f"\ntop {min(args.users, len(users))} users by sessions:")
+        print(users.head(args.users).to_string(index=False, float_format=lambda v: f"{v:.3g}"))
+    return 0
+
+
+def cmd_replay(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from simrec.trajectory import read_trajectories, replay
+
+    traj = read_trajectories(args.path)
+    new = replay(traj, path=args.out, overwrite=args.overwrite)
+    cols = [c for c in ("episode", "t", "user", "slate", "clicked", "rating", "consumption", "reward",
+                        "terminated", "truncated") if c in traj.steps.columns]
+    bad = []
+    if len(new.steps) != len(traj.steps):
+        bad.append(f"step count {len(new.steps)} != {len(traj.steps)}")
+    else:
+        for c in cols:
+            a, b = traj.steps[c].to_numpy(), new.steps[c].to_numpy()
+            same = all(np.array_equal(np.asarray(x), np.asarray(y), equal_nan=True) for x, y in zip(a, b))
+            if not same:
+                bad.append(c)
+    if bad:
+        print(f"replay of {args.path} DIFFERS in: {', '.join(bad)}"
+              + (" (LLM backends reproduce only with a replay cache)" if traj.manifest.get("backend") != "embedded" else ""))
+        return 1
+    print(f"replay of {args.path}: {len(new.episodes)} episodes, {len(new.steps)} steps reproduced exactly"
+          + (f"; written to {args.out}" if args.out else ""))
+    return 0
+
+
+def cmd_fidelity(args: argparse.Namespace) -> int:
+    fid = _import_fidelity()
+    return int(fid.run_cli(args) or 0)
+
+
+def _import_fidelity() -> Any:
+    try:
+        import simrec.fidelity as fid
+    except ImportError as e:
+        raise CLIError(f"`simrec fidelity` is unavailable: simrec.fidelity could not be imported ({e}).") from None
+    if not hasattr(fid, "add_arguments") or not hasattr(fid, "run_cli"):
+        raise CLIError("`simrec fidelity` is unavailable: simrec.fidelity has no add_arguments/run_cli.")
+    return fid
+
+
+# -- parser ---------------------------------------------------------------------------------------
+def _add_env_args(p: argparse.ArgumentParser, *, llm: bool = True) -> None:
+    p.add_argument("--env", default="simrec/Synthetic-v0",
+                   help="env id (simrec/Synthetic-v0), built-in name (synthetic-v0) or spec JSON path")
+    p.add_argument("--spec", metavar="FILE", help="custom env spec JSON (overrides --env)")
+    p.add_argument("--slate-size", type=int, help="override the spec's slate size")
+    p.add_argument("--num-candidates", type=int, help="override the spec's candidates per step")
+    p.add_argument("--max-steps", type=int, help="override the spec's session length limit")
+    if llm:
+        p.add_argument("--backend", choices=("embedded", "llm"), help="user cognition backend (default: the spec's)")
+        p.add_argument("--base-url", help="OpenAI-compatible endpoint for --backend llm (default: a bundled local model)")
+        p.add_argument("--model", help="model name for --backend llm")
+    p.add_argument("--seed", type=int, default=0, help="seed of the first reset and of the recommender (default 0)")
+    p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+
+
+def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
+    from simrec import __version__
+
+    parser = argparse.ArgumentParser(
+        prog="simrec", description="Train and stress-test recommender systems against simulated users.")
+    parser.add_argument("--version", action="version", version=f"simrec {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    p = sub.add_parser("demo", help="run a short simulation on the embedded world and write a log",
+                       description="Run a recommender against a baseline on the default world, print a "
+                                   "comparison and write trajectory logs.")
+    _add_env_args(p)
+    p.add_argument("--episodes", type=int, help="sessions per recommender (default 200; 3 with --backend llm)")
+    p.add_argument("--recommender", choices=RECOMMENDER_NAMES, default="linucb")
+    p.add_argument("--baseline", choices=RECOMMENDER_NAMES + ("none",), default="random")
+    p.add_argument("--out", default="runs/demo", help="log directory (default runs/demo; one sub-directory per recommender)")
+    p.set_defaults(func=cmd_demo, policy=None)
+
+    p = sub.add_parser("run", help="run a recommender for N sessions, print a summary, optionally log",
+                       description="Run a recommender (or a trained SB3 policy) and print CTR, rating, session "
+                                   "length and coverage.")
+    _add_env_args(p)
+    p.add_argument("--recommender", choices=RECOMMENDER_NAMES, default="random")
+    p.add_argument("--policy", metavar="ZIP", help="a saved stable-baselines3 model to evaluate instead")
+    p.add_argument("--algo", default="ppo", help="SB3 algorithm class of --policy (default ppo)")
+    p.add_argument("--episodes", type=int, default=100)
+    p.add_argument("--out", metavar="DIR", help="write the trajectory log here")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing log in --out")
+    p.add_argument("--flush-every", type=int, default=1, help="episodes per Parquet part (default 1)")
+    p.add_argument("--json", action="store_true", help="print the summary as JSON")
+    p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("envs", help="list the registered environments")
+    p.add_argument("--json", action="store_true", help="print the full specs as JSON")
+    p.set_defaults(func=cmd_envs)
+
+    p = sub.add_parser("world", help="export an env's catalog and persona pack as JSON")
+    p.add_argument("--export", metavar="DIR", required=True, help="write catalog.json and personas.json here")
+    p.add_argument("--env", default="simrec/Synthetic-v0")
+    p.add_argument("--spec", metavar="FILE")
+    p.set_defaults(func=cmd_world)
+
+    p = sub.add_parser("inspect", help="summarise a trajectory log")
+    p.add_argument("path", metavar="DIR")
+    p.add_argument("--users", type=int, default=5, help="users to list (default 5)")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_inspect)
+
+    p = sub.add_parser("replay", help="re-run a log's actions on a fresh env and check it reproduces")
+    p.add_argument("path", metavar="DIR")
+    p.add_argument("--out", metavar="DIR", help="also write the replayed log here")
+    p.add_argument("--overwrite", action="store_true")
+    p.set_defaults(func=cmd_replay)
+
+    # simrec.fidelity (and its data dependencies) is imported only when this command is used
+    argv = list(sys.argv[1:] if argv is None else argv)
+    wants_fidelity = bool(argv) and argv[0] == "fidelity"
+    p = sub.add_parser("fidelity", help="measure simulator fidelity against real ratings (see simrec.fidelity)")
+    p.set_defaults(func=cmd_fidelity)
+    if wants_fidelity:
+        try:
+            _import_fidelity().add_arguments(p)
+        except CLIError as e:  # still parse, then report the problem instead of a usage error
+            p.add_argument("rest", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
+            p.set_defaults(func=lambda a, e=e: _raise(e))
+    return parser
+
+
+def _raise(e: Exception) -> int:
+    raise e
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``simrec`` console script; returns the exit status."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser(argv)
+    args = parser.parse_args(argv)
+    if not getattr(args, "command", None):
+        parser.print_help()
+        return 0
+    try:
+        return int(args.func(args) or 0)
+    except (SimrecError, FileExistsError, FileNotFoundError) as e:
+        print(f"simrec {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"simrec {args.command}: interrupted (finished episodes are in the log)", file=sys.stderr)
+        return 130
