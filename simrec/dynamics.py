@@ -167,15 +167,23 @@ def decay_boredom(state: UserState, users: np.ndarray | slice, cfg: BoredomConfi
     state.boredom[users] *= ((1.0 - cfg.decay) ** dt)[:, None]
 
 
+def _exp(x):
+    return math.exp(x) if isinstance(x, float) else np.exp(x)
+
+
+def _clip(x, lo: float, hi: float):
+    return min(max(x, lo), hi) if isinstance(x, float) else np.clip(x, lo, hi)
+
+
 def next_fatigue(fatigue, best_utility, good_pick, cfg: FatigueConfig):
     """Fatigue grows each step, more when the best item on the slate was unappealing (floats or arrays)."""
-    poor = 1.0 / (1.0 + np.exp(2.0 * best_utility))  # ~1 when the best item is bad, ~0 when great
-    return np.clip(fatigue + cfg.base + cfg.poor_slate * poor - cfg.relief * good_pick, 0.0, 1.0)
+    poor = 1.0 / (1.0 + _exp(2.0 * best_utility))  # ~1 when the best item is bad, ~0 when great
+    return _clip(fatigue + cfg.base + cfg.poor_slate * poor - cfg.relief * good_pick, 0.0, 1.0)
 
 
 def next_satisfaction(satisfaction, experience, cfg: SatisfactionConfig):
     """Exponential average of experienced quality in [-1, 1] (floats or arrays)."""
-    return np.clip((1 - cfg.rate) * satisfaction + cfg.rate * experience, -1.0, 1.0)
+    return _clip((1 - cfg.rate) * satisfaction + cfg.rate * experience, -1.0, 1.0)
 
 
 def update_fatigue(state: UserState, users: np.ndarray | slice, best_utility: np.ndarray, good_pick: np.ndarray,

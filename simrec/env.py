@@ -186,7 +186,7 @@ class SlateEnv(gymnasium.Env):
         u = int(self._user[0])
         info: dict[str, Any] = {
             "user_id": self.sim.pop.user_id(u), "t": self._t, "slate_items": slate,
-            "clicked": r.clicked[0], "rating": np.nan_to_num(r.rating[0], nan=0.0), "consumption": r.consumption[0],
+            "clicked": r.clicked[0], "rating": np.fmax(r.rating[0], 0.0), "consumption": r.consumption[0],
             "leave": terminated, "source": int(r.source[0]), "concept_shift": bool(res.shifted[0]),
         }
         if r.reasons is not None:

@@ -170,10 +170,10 @@ class Simulator:
         exp = (rating - 3.0) / 2.0 if rating == rating else 2.0 * cons - 1.0
         if not hit:
             exp = self.dynamics.config.satisfaction.no_click
-        shown_topics = cat.topic_weights[slate].sum(axis=0)
+        shown_topics = resp.meta["shown_topics"]
         shifted = self.dynamics.step_one(
             pop.state, u, chosen_features=feats, consumption=cons, consumed_topics=topics,
-            shown_topics=shown_topics, best_utility=float(resp.meta["utility"].max()), experience=exp,
+            shown_topics=shown_topics, best_utility=max(resp.meta["utility"][0].tolist()), experience=exp,
             rng=rng, directions=pop.directions,
         )
         mem = pop.memory
@@ -202,7 +202,7 @@ class Simulator:
             t * inv, min(clicks * inv, 1.0), min(float(self._last_gap[u]) * 1e-3, 1.0),
         ], dtype=np.float32)
         order = (int(self.pop.memory.count[u]) + self._hist_order) % s.history_window
-        return {"candidates": self.item_obs[cands], "user": user, "history": self._hist[u][order]}
+        return {"candidates": np.take(self.item_obs, cands, axis=0), "user": user, "history": self._hist[u][order]}
 
     def backend_free_utility(self, users: np.ndarray | slice, slates: np.ndarray) -> np.ndarray:
         """Utility under the embedded model, for dynamics when a backend (e.g. an LLM) gives none."""

@@ -108,7 +108,7 @@ class SlateVectorEnv(VectorEnv):
         truncated = ~terminated & (self._t >= s.max_steps)
         info: dict[str, Any] = {
             "user": self._users.copy(), "t": self._t.copy(), "slate_items": slates, "clicked": r.clicked,
-            "rating": np.nan_to_num(r.rating, nan=0.0), "consumption": r.consumption, "leave": terminated, "source": r.source,
+            "rating": np.fmax(r.rating, 0.0), "consumption": r.consumption, "leave": terminated, "source": r.source,
             "concept_shift": res.shifted,
         }
         if s.log_latent:

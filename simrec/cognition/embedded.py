@@ -107,6 +107,25 @@ class EmbeddedCognition:
         u += nov[:, None]
         return u
 
+    def utilities_one(self, pop: "Population", u: int, slate: np.ndarray) -> np.ndarray:
+        """:meth:`utilities` for one user, ``(K,)`` (the single env's fast path)."""
+        c = self.config
+        d = pop.catalog.dim
+        _, conformity, diversity, _, _ = pop.traits[u].tolist()
+        nov = c.novelty * (2.0 * diversity - 1.0)
+        tc = pop.memory.topic_consumed[u]
+        w = np.empty(d + 2 + tc.size, dtype=np.float32)
+        np.multiply(pop.state.taste[u], c.affinity, out=w[:d])
+        w[d] = c.quality
+        w[d + 1] = c.conformity * conformity
+        np.multiply(pop.state.boredom[u], -c.boredom, out=w[d + 2:])
+        w[d + 2:] -= (nov / max(float(tc.sum()), 1e-6)) * tc
+        blk = np.take(self.item_block(pop.catalog), slate, axis=0)
+        self._last_block = blk
+        out = blk @ w
+        out += nov
+        return out
+
     # Formulas shared by the batched and the single-user path (work on floats and arrays alike).
     def no_click_utility(self, pickiness, fatigue):
         c = self.config
@@ -174,7 +193,7 @@ class EmbeddedCognition:
         c = self.config
         K = slate.size
         self.calls += 1
-        util = self.utilities(pop, slice(u, u + 1), slate[None, :])
+        util = self.utilities_one(pop, u, slate)[None, :]
         ut = util[0].tolist()
         _, conformity, _, patience, pickiness = pop.traits[u].tolist()
         fatigue = float(pop.state.fatigue[u])
@@ -207,6 +226,7 @@ class EmbeddedCognition:
         resp = ResponseBatch(clicked, rating, consumption, leave, np.zeros(1, np.int8))
         resp.meta["utility"] = util
         resp.meta["choice"] = choice
+        resp.meta["shown_topics"] = self._last_block[:, pop.catalog.dim + 2:].sum(axis=0)
         return resp
 
     def judge(self, pop: "Population", users: np.ndarray, items: np.ndarray,
