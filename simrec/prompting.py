@@ -240,8 +240,9 @@ _DECIDE_RULES = (
     "bored, tired or unimpressed. Answer with JSON only."
 )
 _DECIDE_FORMAT = (
-    'JSON: {"items": [{"item": <page number>, "clicked": true, "rating": <1-5 or null>, "consumption": <0-1>}], '
-    '"leave": <true or false>, "reason": "<one short sentence>"}. List the titles you click; others count as not clicked.'
+    'JSON with one entry per title, in page order: {"items": [{"item": <number>, "clicked": <true or false>, '
+    '"rating": <1-5 or null>, "consumption": <0-1, 0 if not clicked>}], "leave": <true or false>, '
+    '"reason": "<one short sentence>"}'
 )
 _JUDGE_RULES = (
     "You are looking at titles on a streaming service. Act as this person: for each title say whether you "

@@ -21,12 +21,14 @@ A :class:`Sanitizer` does two jobs:
 
 Cost: titles are normalised once; per prompt, held-out titles are found through a token index of
 the held-out set only (no per-catalog difflib calls), and catalog/user ids by one compiled trie
-regex each, so an audit takes well under a millisecond for a typical prompt.
+regex each: auditing a 5-item decision prompt against the 1,200-item synthetic catalog takes about
+0.5 ms (1 ms with 20 held-out titles), negligible next to an LLM call.
 """
 
 from __future__ import annotations
 
 import difflib
+import functools
 import hashlib
 import re
 import threading
@@ -71,7 +73,6 @@ seven eight nine ten go get got new old big yes man men day time life love home
 DEFAULT_INTERNAL_TERMS: tuple[str, ...] = (
     "reward", "rewards", "utility", "utilities", "latent", "logit", "logits", "embedding", "embeddings",
     "propensity", "ground truth", "hidden state", "recommender score", "relevance score", "taste vector",
-    "simulator",
 )
 
 _YEAR_GROUP = re.compile(r"\s*[(\[]\s*((?:1[89]|2[01])\d\d)(?:\s*[-–]\s*(?:(?:1[89]|2[01])\d\d)?)?\s*[)\]]\s*$")
@@ -84,22 +85,32 @@ _ELISION = re.compile(r"(?<![\w'’])([A-Za-z])['’](?=\w)")  # L'Avventura -> 
 _YEAR_IN_TEXT = re.compile(r"\b((?:1[89]|2[01])\d)\d\b")
 _WS = re.compile(r"\s+")
 # "latent" numbers: a state/scoring word followed by a number, or a run of decimals (a vector).
-_STRONG_WORDS = ("fatigue|boredom|satisfaction|taste|utility|utilities|reward|rewards|rank|ranks|ranked|ranking|"
-                 "logit|propensity")
+_STRONG_WORDS = ("fatigue", "boredom", "satisfaction", "taste", "utility", "utilities", "reward", "rewards", "rank",
+                 "ranks", "ranked", "ranking", "logit", "propensity")
 # "I'd score it 4" is fine in a reply, "score: 0.93" is not: these words only count before a fraction.
-_SOFT_WORDS = "score|scores|quality|popularity|probability|similarity|relevance|weight|affinity|confidence"
-_LATENT_NUMBERS = re.compile(
-    rf"\b(?:{_STRONG_WORDS})\b[\"']?\s*(?:[:=]|is|was|of|at|#|no\.?)?\s*[\"']?\s*[-+]?#?\d+(?:\.\d+)?%?"
-    rf"|\b(?:{_SOFT_WORDS})\b[\"']?\s*(?:[:=]|is|was|of|at)?\s*[\"']?\s*(?:[-+]?\d*\.\d+|\d+(?:\.\d+)?\s*%)"
-    r"|[-+]?\d*\.\d+(?:\s*[,;]\s*[-+]?\d*\.\d+){2,}",
-    re.I,
-)
-# Short or purely numeric ids collide with years and counts, so they only count after an id word.
-_ID_CONTEXT = re.compile(
-    r"\b(?:item|movie|film|product|catalog|video|track|book|show|title)?[\s_-]?ids?\b[\"']?\s*(?:[:=#]|is|was)?"
-    r"\s*[\"']?([\w][\w\-.:]*\w|\w)",
-    re.I,
-)
+_SOFT_WORDS = ("score", "scores", "quality", "popularity", "probability", "similarity", "relevance", "weight",
+               "affinity", "confidence")
+_ID_WORDS = ("item", "movie", "film", "product", "catalog", "video", "track", "book", "show", "title")
+
+
+class _Lower:
+    """A case-insensitive regex (pattern written in lowercase) run on pre-lowercased text.
+
+    CPython's ``re.I`` defeats the prefix scan; matching ``text.lower()`` is several times faster.
+    Falls back to ``re.I`` when lowercasing changes the text's length (rare Unicode).
+    """
+
+    def __init__(self, pattern: str) -> None:
+        self.fast = re.compile(pattern)
+        self.slow = re.compile(pattern, re.I)
+
+    def finditer(self, text: str, low: str | None) -> Iterable[re.Match]:
+        return self.fast.finditer(low) if low is not None else self.slow.finditer(text)
+
+
+def _lower(text: str) -> str | None:
+    low = text.lower()
+    return low if len(low) == len(text) else None
 
 
 class SanitizeConfig(BaseModel):
@@ -165,12 +176,25 @@ def _norm_token(tok: str) -> str:
     return _ROMAN.get(t, t)
 
 
+def _similar(a: str, b: str, threshold: float) -> bool:
+    la, lb = len(a), len(b)
+    if 2.0 * min(la, lb) < threshold * (la + lb):  # the best ratio possible from lengths alone
+        return False
+    sm = difflib.SequenceMatcher(None, a, b, autojunk=False)
+    return sm.quick_ratio() >= threshold and sm.ratio() >= threshold
+
+
+@functools.lru_cache(maxsize=1 << 16)
+def _typo(a: str, b: str) -> bool:
+    """Is word ``b`` word ``a`` with a small typo? (Cached: prompts reuse a small vocabulary.)"""
+    return _similar(a, b, 0.75)
+
+
 def _covers(title: Sequence[str], window: Sequence[str]) -> bool:
     """Every title word of 3+ letters appears in the window, inside a glued word or with a small typo."""
     glued = "".join(window)
     for t in title:
-        if len(t) >= 3 and t not in glued and not any(
-                difflib.SequenceMatcher(None, t, w, autojunk=False).ratio() >= 0.75 for w in window):
+        if len(t) >= 3 and t not in glued and not any(_typo(t, w) for w in window):
             return False
     return True
 
@@ -231,9 +255,16 @@ def normalize_title(title: str) -> str:
 
 
 def _text_tokens(text: str) -> tuple[list[str], list[int], list[int]]:
+    """Normalised tokens of ``text`` (as for titles) with their character spans."""
     norms, starts, ends = [], [], []
-    for m in _TOKEN.finditer(_ELISION.sub(r"\1 ", text)):
-        n = _norm_token(m.group())
+    text = _ELISION.sub(r"\1 ", text)
+    ascii_low = text.lower() if text.isascii() else None  # fold once, not per token
+    for m in _TOKEN.finditer(ascii_low if ascii_low is not None else text):
+        if ascii_low is not None:
+            t = m.group().replace("'", "")
+            n = _ROMAN.get(t, t)
+        else:
+            n = _norm_token(m.group())
         if n and n not in DROPPED:
             norms.append(n)
             starts.append(m.start())
@@ -261,6 +292,19 @@ def _trie_regex(words: Iterable[str]) -> str:
         return body + "?" if end else body
 
     return build(trie)
+
+
+_LATENT_WORDS = _Lower(
+    rf"\b(?:{_trie_regex(_STRONG_WORDS)})\b[\"']?\s*(?:[:=]|is|was|of|at|#|no\.?)?\s*[\"']?\s*"
+    r"[-+]?#?\d+(?:\.\d+)?%?"
+    rf"|\b(?:{_trie_regex(_SOFT_WORDS)})\b[\"']?\s*(?:[:=]|is|was|of|at)?\s*[\"']?\s*"
+    r"(?:[-+]?\d*\.\d+|\d+(?:\.\d+)?\s*%)"
+)
+_DECIMAL_RUN = re.compile(r"\.\d+(?:\s*[,;]\s*[-+]?\d*\.\d+){2,}")  # starts at the "." for speed; see _scan
+# Short or purely numeric ids collide with years and counts, so they only count after an id word.
+_ID_CONTEXT = _Lower(
+    rf"\b(?:(?:{_trie_regex(_ID_WORDS)})[\s_-]?)?ids?\b[\"']?\s*(?:[:=#]|is|was)?\s*[\"']?([\w][\w\-.:]*\w|\w)"
+)
 
 
 # -- pseudonyms ---------------------------------------------------------------------------------
@@ -336,18 +380,23 @@ class _TitleIndex:
             if p + 1 < n:
                 for e, j in self.index.get(tok + norms[p + 1], ()):
                     cands.add((e, p - j))
-        out = []
+        hits: list[tuple[float, int, int, int, tuple[str, ...]]] = []
         for e, s0 in sorted(cands):
             item, toks, joined, single, common, year, marks = self.entries[e]
             L = len(toks)
+            if L > 1 and not _covers(toks, norms[max(s0 - 1, 0):s0 + L + 1]):
+                continue  # cheap: some word of the title is nowhere near
             best = (0.0, 0, 0)
             # Windows around the proposed start, one token shorter or longer (typos, split words).
             for s in (s0 - 1, s0, s0 + 1):
                 for m in (L - 1, L, L + 1):
                     if m < 1 or s < 0 or s + m > n or _markers(norms[s:s + m]) != marks:
                         continue
-                    sm = difflib.SequenceMatcher(None, "".join(norms[s:s + m]), joined, autojunk=False)
-                    if sm.real_quick_ratio() < threshold or sm.quick_ratio() < threshold:
+                    cand = "".join(norms[s:s + m])
+                    if 2.0 * min(len(cand), len(joined)) < threshold * (len(cand) + len(joined)):
+                        continue
+                    sm = difflib.SequenceMatcher(None, cand, joined, autojunk=False)
+                    if sm.quick_ratio() < threshold:
                         continue
                     r = sm.ratio()
                     if (r, m) > (best[0], best[2]):
@@ -367,8 +416,16 @@ class _TitleIndex:
                 quoted = a > 0 and text[a - 1] in "\"'“‘«*" and b < len(text) and text[b] in "\"'”’»*"
                 if not (follows_year or quoted or (not common and text[a].isupper())):
                     continue
+            hits.append((r, a, b, item, toks))
+        # Nearby proposals can find overlapping windows of one mention: keep the best of each.
+        out: list[tuple[int, int, str]] = []
+        taken: list[tuple[int, int, int]] = []
+        for r, a, b, item, toks in sorted(hits, key=lambda h: (-h[0], h[1])):
+            if any(it == item and a < y and x < b for x, y, it in taken):
+                continue
+            taken.append((a, b, item))
             out.append((a, b, f"held-out item {item}: title '{' '.join(toks)}' matched '{text[a:b]}' ({r:.2f})"))
-        return out
+        return sorted(out)
 
 
 class Sanitizer:
@@ -402,8 +459,8 @@ class Sanitizer:
         self._users: dict[str, str | None] = {}
         self.register_users(other_user_ids, user_names)
         terms = [t.strip() for t in self.config.internal_terms if t.strip()]
-        self._internal = (re.compile(r"(?<!\w)(?:" + "|".join(re.escape(t) for t in sorted(terms, key=len, reverse=True))
-                                     + r")(?!\w)", re.I) if terms else None)
+        self._internal = (_Lower(r"(?<!\w)(?:" + _trie_regex(sorted({t.lower() for t in terms})).replace(r"\ ", r"\s+")
+                                 + r")(?!\w)") if terms else None)
         self._held = _TitleIndex((), catalog, self._variants)
         self.set_held_out(held_out)
 
@@ -424,9 +481,10 @@ class Sanitizer:
             self._id_lookup.setdefault(key, []).append(i)
             # Ids mixing letters and digits (syn00042, tt0114709) are safe to search for anywhere;
             # short or numeric ones (MovieLens "1", "1995") only after an id word, see _ID_CONTEXT.
-            if len(key) >= 4 and re.search(r"[a-z]", key) and re.search(r"\d", key) or (key.isdigit() and len(key) >= 7):
+            mixed = len(key) >= 4 and re.search(r"[a-z]", key) is not None and re.search(r"\d", key) is not None
+            if mixed or (key.isdigit() and len(key) >= 7):
                 distinct.append(key)
-        self._id_re = (re.compile(r"(?<![A-Za-z0-9])(?:" + _trie_regex(sorted(set(distinct))) + r")(?![A-Za-z0-9])", re.I)
+        self._id_re = (_Lower(r"(?<![a-z0-9])(?:" + _trie_regex(sorted(set(distinct))) + r")(?![a-z0-9])")
                        if distinct else None)
 
     def register_users(self, user_ids: Iterable[str], names: Mapping[str, str] | None = None) -> None:
@@ -441,8 +499,8 @@ class Sanitizer:
         for uid, name in self._users.items():
             if name and len(name.split()) >= 2:
                 self._name_owner.setdefault(_WS.sub(" ", name.strip().lower()), set()).add(uid)
-        self._name_re = (re.compile(r"(?<!\w)(?:" + _trie_regex(sorted(self._name_owner)).replace(r"\ ", r"\s+")
-                                    + r")(?!\w)", re.I) if self._name_owner else None)
+        names = _trie_regex(sorted(self._name_owner)).replace(r"\ ", r"\s+")
+        self._name_re = _Lower(r"(?<!\w)(?:" + names + r")(?!\w)") if self._name_owner else None
 
     def set_held_out(self, items: Iterable[int]) -> None:
         """Set the catalog indices of the current evaluation's held-out / target items."""
@@ -561,31 +619,42 @@ class Sanitizer:
 
     # -- auditing -------------------------------------------------------------------------------
     def _scan(self, text: str, user_id: str | None) -> list[tuple[int, int, Violation]]:
+        """Every forbidden span in ``text`` as ``(start, end, violation)``."""
         found: list[tuple[int, int, Violation]] = []
         held = self._held.items
+        low = _lower(text)
         start = text.find(WITHHELD)
         while start >= 0:
             found.append((start, start + len(WITHHELD),
                           Violation(kind="held_out_id", detail="a held-out item was rendered into the text")))
             start = text.find(WITHHELD, start + 1)
-        if self._id_re is not None:
-            for m in self._id_re.finditer(text):
-                idx = self._id_lookup.get(m.group().lower(), [])
-                kind = "held_out_id" if any(i in held for i in idx) else "catalog_id"
-                found.append((m.start(), m.end(), Violation(kind=kind, detail=f"item id '{m.group()}'")))
-        for m in _ID_CONTEXT.finditer(text):
-            idx = self._id_lookup.get(m.group(1).lower())
+
+        def item_id(a: int, b: int) -> None:
+            idx = self._id_lookup.get(text[a:b].lower())
             if idx:
                 kind = "held_out_id" if any(i in held for i in idx) else "catalog_id"
-                found.append((m.start(1), m.end(1), Violation(kind=kind, detail=f"item id '{m.group(1)}'")))
+                found.append((a, b, Violation(kind=kind, detail=f"item id '{text[a:b]}'")))
+
+        if self._id_re is not None:
+            for m in self._id_re.finditer(text, low):
+                item_id(m.start(), m.end())
+        for m in _ID_CONTEXT.finditer(text, low):
+            item_id(m.start(1), m.end(1))
         for a, b, detail in self._held.find(text, self.config.fuzzy_threshold):
             found.append((a, b, Violation(kind="held_out_title", detail=detail)))
         if self._internal is not None:
-            for m in self._internal.finditer(text):
-                found.append((m.start(), m.end(), Violation(kind="internal", detail=f"internal term '{m.group()}'")))
+            for m in self._internal.finditer(text, low):
+                found.append((m.start(), m.end(),
+                              Violation(kind="internal", detail=f"internal term '{text[m.start():m.end()]}'")))
         if self.config.check_numbers:
-            for m in _LATENT_NUMBERS.finditer(text):
-                found.append((m.start(), m.end(), Violation(kind="internal", detail=f"latent number '{m.group()}'")))
+            spans = [(m.start(), m.end()) for m in _LATENT_WORDS.finditer(text, low)]
+            for m in _DECIMAL_RUN.finditer(text):
+                a = m.start()
+                while a > 0 and (text[a - 1].isdigit() or text[a - 1] in "+-"):
+                    a -= 1
+                spans.append((a, m.end()))
+            for a, b in spans:
+                found.append((a, b, Violation(kind="internal", detail=f"latent number '{text[a:b]}'")))
         if self._user_id_re is not None:
             for m in self._user_id_re.finditer(text):
                 if m.group() != user_id:
@@ -593,11 +662,10 @@ class Sanitizer:
         if self._name_re is not None:
             own_name = self._users.get(user_id) if user_id is not None else None
             own = _WS.sub(" ", own_name.strip().lower()) if own_name else None
-            for m in self._name_re.finditer(text):
-                key = _WS.sub(" ", m.group().lower())
-                owners = self._name_owner.get(key, set())
-                if key != own and (user_id is None or owners - {user_id}):
-                    found.append((m.start(), m.end(), Violation(kind="other_user", detail=f"user name '{m.group()}'")))
+            for m in self._name_re.finditer(text, low):
+                name = text[m.start():m.end()]
+                if _WS.sub(" ", name.lower()) != own:  # namesakes of the prompted user are fine
+                    found.append((m.start(), m.end(), Violation(kind="other_user", detail=f"user name '{name}'")))
         seen: set[tuple[int, int, str]] = set()
         unique = []
         for a, b, v in found:  # an id after "id:" is found by two patterns
