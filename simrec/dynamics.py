@@ -164,6 +164,7 @@ def update_boredom(state: UserState, users: np.ndarray | slice, consumed_topics:
 
 
 def decay_boredom(state: UserState, users: np.ndarray | slice, cfg: BoredomConfig, dt: np.ndarray) -> None:
+    """Let per-topic boredom fade over per-user gaps ``dt`` (B,): ``b *= (1 - decay) ** dt``."""
     state.boredom[users] *= ((1.0 - cfg.decay) ** dt)[:, None]
 
 
@@ -188,11 +189,13 @@ def next_satisfaction(satisfaction, experience, cfg: SatisfactionConfig):
 
 def update_fatigue(state: UserState, users: np.ndarray | slice, best_utility: np.ndarray, good_pick: np.ndarray,
                    cfg: FatigueConfig) -> None:
+    """Advance in-session fatigue of ``users`` one step (see :func:`next_fatigue`)."""
     state.fatigue[users] = next_fatigue(state.fatigue[users], best_utility, good_pick, cfg)
 
 
 def update_satisfaction(state: UserState, users: np.ndarray | slice, experience: np.ndarray,
                         cfg: SatisfactionConfig) -> None:
+    """Fold one step's ``experience`` (B,) into long-term satisfaction (see :func:`next_satisfaction`)."""
     state.satisfaction[users] = next_satisfaction(state.satisfaction[users], experience, cfg)
 
 

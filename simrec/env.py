@@ -120,8 +120,10 @@ class SlateEnv(gymnasium.Env):
 
     metadata = {"render_modes": ["ansi"], "render_fps": 4}
 
-    def __init__(self, spec: EnvSpec | str | Path | dict = "synthetic-v0", *, backend: CognitionBackend | None = None,
+    def __init__(self, spec: EnvSpec | str | Path | dict = "synthetic-v0", *, backend: CognitionBackend | str | None = None,
                  render_mode: str | None = None, **overrides: Any) -> None:
+        if isinstance(backend, str):  # a backend name ("embedded" | "llm") is a spec override
+            overrides["backend"], backend = backend, None
         self.sim_spec: EnvSpec = resolve_spec(spec)
         if overrides:
             self.sim_spec = self.sim_spec.with_overrides(**overrides)
@@ -141,6 +143,7 @@ class SlateEnv(gymnasium.Env):
         self._cands = np.zeros((1, s.num_candidates), dtype=np.int64)
         self._last: dict[str, Any] = {}
         self._started = False
+        self._session_ended = False  # end_session already called for the current session
 
     # -- Gymnasium API --------------------------------------------------------------------------
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None):
@@ -148,7 +151,7 @@ class SlateEnv(gymnasium.Env):
         if seed is not None or not self._started:
             self.sim.reset_population(self.np_random)
             self._started = True
-        elif self._t > 0:
+        elif self._t > 0 and not self._session_ended:
             self.sim.backend.end_session(self.sim.pop, self._user)
         options = options or {}
         if options.get("user_id") is not None:
@@ -160,6 +163,7 @@ class SlateEnv(gymnasium.Env):
         self.sim.start_sessions(self._us, self.np_random)
         self._t = 0
         self._clicks = 0
+        self._session_ended = False
         self._cands = self.sim.candidates.draw(self.np_random, 1)
         obs = self._obs()
         info = {"user_id": self.sim.pop.user_id(u), "t": 0, "candidate_items": self._cands[0].copy()}
@@ -196,8 +200,9 @@ class SlateEnv(gymnasium.Env):
         self._cands = self.sim.candidates.draw(self.np_random, 1)
         info["candidate_items"] = self._cands[0]
         self._last = info
-        if terminated or truncated:
+        if (terminated or truncated) and not self._session_ended:
             self.sim.backend.end_session(self.sim.pop, self._user)
+            self._session_ended = True
         return self._obs(), float(res.reward[0]), terminated, truncated, info
 
     def render(self) -> str | None:
