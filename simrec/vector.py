@@ -39,8 +39,10 @@ class SlateVectorEnv(VectorEnv):
     metadata = {"autoreset_mode": AutoresetMode.SAME_STEP, "render_modes": []}
 
     def __init__(self, num_envs: int = 16, spec: EnvSpec | str | Path | dict = "synthetic-v0", *,
-                 backend: CognitionBackend | None = None, population_size: int | None = None,
+                 backend: CognitionBackend | str | None = None, population_size: int | None = None,
                  **overrides: Any) -> None:
+        if isinstance(backend, str):  # a backend name ("embedded" | "llm") is a spec override
+            overrides["backend"], backend = backend, None
         if num_envs < 1:
             raise ValueError("num_envs must be >= 1")
         self.sim_spec: EnvSpec = resolve_spec(spec)
