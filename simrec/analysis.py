@@ -19,11 +19,13 @@ Definitions (``shown`` = slate items displayed, summed over steps):
 from __future__ import annotations
 
 import math
-from typing import Any, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import pandas as pd
 
+from simrec.errors import SimrecError
 from simrec.trajectory import Trajectories
 
 
@@ -40,7 +42,7 @@ def load_catalog(traj: Trajectories) -> Any | None:
         from simrec.registration import build_world
 
         return build_world(traj.spec.world).catalog
-    except Exception:
+    except (SimrecError, OSError, ImportError, ValueError):  # e.g. a dataset not on this machine
         return None
 
 
@@ -212,6 +214,6 @@ def format_table(summaries: Mapping[str, Mapping[str, float]], metrics: Sequence
     head = ["run"] + metrics
     body = [[name] + [_fmt(s.get(m, math.nan)) for m in metrics] for name, s in summaries.items()]
     widths = [max(len(str(r[i])) for r in [head] + body) for i in range(len(head))]
-    line = lambda r: "  ".join(str(c).ljust(widths[0]) if i == 0 else str(c).rjust(widths[i])  # noqa: E731
+    line = lambda r: "  ".join(str(c).ljust(widths[0]) if i == 0 else str(c).rjust(widths[i])
                                for i, c in enumerate(r))
     return "\n".join([line(head), line(["-" * w for w in widths])] + [line(r) for r in body])

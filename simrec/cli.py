@@ -15,8 +15,9 @@ import math
 import os
 import sys
 import time
+from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any
 
 from simrec.errors import SimrecError
 
@@ -47,59 +48,56 @@ def resolve_env_spec(name: str | None, spec_file: str | None = None) -> Any:
     raise CLIError(f"unknown env {name!r}. Fix: use one of {ids} (see `simrec envs`) or --spec FILE")
 
 
-def _spec_overrides(args: argparse.Namespace, base_url: str | None) -> dict[str, Any]:
+def _spec_overrides(args: argparse.Namespace, backend_config: dict[str, Any] | None) -> dict[str, Any]:
     o: dict[str, Any] = {}
     for key in ("slate_size", "max_steps", "num_candidates"):
         v = getattr(args, key, None)
         if v is not None:
             o[key] = v
-    backend = getattr(args, "backend", None)
-    if backend:
-        o["backend"] = backend
-    if backend == "llm" or getattr(args, "model", None) or base_url:
-        cfg: dict[str, Any] = {}
-        if base_url:
-            cfg["base_url"] = base_url
-        if getattr(args, "model", None):
-            cfg["model"] = args.model
-        if cfg:
-            o["backend_config"] = cfg
+    if getattr(args, "backend", None):
+        o["backend"] = args.backend
+    if backend_config:
+        o["backend_config"] = backend_config
+    if getattr(args, "data_dir", None):  # dataset-backed worlds; absolute so the log's spec stays valid
+        o["world"] = {"data_dir": str(Path(args.data_dir).resolve())}
     return o
 
 
 @contextlib.contextmanager
-def llm_endpoint(args: argparse.Namespace) -> Iterator[str | None]:
-    """The base URL for ``--backend llm``: ``--base-url``, the environment's, or a bundled local
-    model started for the duration (``simrec.local_llm.local_server``)."""
+def llm_endpoint(args: argparse.Namespace) -> Iterator[dict[str, Any] | None]:
+    """The LLM backend config for ``--backend llm``: ``--base-url``/``--model``, the environment's
+    endpoint (``SIMREC_LLM_BASE_URL``/``OPENAI_BASE_URL``), or else the bundled local model, started
+    for the duration (``simrec.local_llm.local_server``). ``None`` for other backends."""
     if getattr(args, "backend", None) != "llm":
-        yield getattr(args, "base_url", None)
+        yield None
         return
+    cfg = {"model": args.model} if args.model else {}
     if args.base_url or os.environ.get("SIMREC_LLM_BASE_URL") or os.environ.get("OPENAI_BASE_URL"):
-        yield args.base_url
+        yield dict(cfg, base_url=args.base_url) if args.base_url else cfg
         return
     try:
-        from simrec.local_llm import local_server
+        from simrec.local_llm import local_backend_config, local_server
     except ImportError as e:
-        raise CLIError(f"--backend llm without --base-url runs a bundled local model, which needs the local-llm "
-                       f"extra ({e}). Fix: {LOCAL_LLM_HINT}, or pass --base-url of an OpenAI-compatible server.") from None
-    print("starting the bundled local LLM server (127.0.0.1) ...", file=sys.stderr)
+        raise CLIError(f"--backend llm without --base-url runs a bundled local model, which is unavailable ({e}). "
+                       f"Fix: {LOCAL_LLM_HINT}, or pass --base-url of an OpenAI-compatible server.") from None
+    print("starting the bundled local LLM server on 127.0.0.1 ...", file=sys.stderr)
+    cm = local_server()
     try:
-        cm = local_server()
         url = cm.__enter__()
-    except (ImportError, FileNotFoundError) as e:
-        raise CLIError(f"could not start the bundled local LLM ({e}). Fix: {LOCAL_LLM_HINT}") from None
+    except SimrecError as e:
+        raise CLIError(f"could not start the bundled local LLM: {e}\nFix: {LOCAL_LLM_HINT}") from None
     try:
-        yield url
+        yield local_backend_config(url, **cfg)
     finally:
         cm.__exit__(*sys.exc_info())
 
 
-def make_env(args: argparse.Namespace, base_url: str | None = None) -> Any:
+def make_env(args: argparse.Namespace, backend_config: dict[str, Any] | None = None) -> Any:
     """A :class:`~simrec.env.SlateEnv` for the parsed ``--env/--spec`` and override flags."""
     from simrec.env import SlateEnv
 
     spec = resolve_env_spec(getattr(args, "env", None), getattr(args, "spec", None))
-    overrides = _spec_overrides(args, base_url)
+    overrides = _spec_overrides(args, backend_config)
     if overrides:
         spec = spec.with_overrides(**overrides)
     return SlateEnv(spec)
@@ -190,9 +188,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
     out = Path(args.out)
     summaries: dict[str, dict[str, float]] = {}
     t0 = time.perf_counter()
-    with llm_endpoint(args) as url:
+    with llm_endpoint(args) as backend_config:
         for name in names:
-            env = make_env(args, url)
+            env = make_env(args, backend_config)
             rec = _make_recommender(args, env, name)
             s, _ = run_recommender(env, rec, episodes, args.seed, out / name, name=name, overwrite=True,
                                    progress=not args.no_progress, metadata={"command": "demo"})
@@ -217,8 +215,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     from simrec.analysis import format_summary
 
     name = "sb3:" + Path(args.policy).name if args.policy else args.recommender
-    with llm_endpoint(args) as url:
-        env = make_env(args, url)
+    with llm_endpoint(args) as backend_config:
+        env = make_env(args, backend_config)
         rec = _make_recommender(args, env, args.recommender)
         summary, traj = run_recommender(env, rec, args.episodes, args.seed, args.out, name=name,
                                         overwrite=args.overwrite, progress=not args.no_progress,
@@ -253,6 +251,8 @@ def cmd_world(args: argparse.Namespace) -> int:
     from simrec.registration import build_world
 
     spec = resolve_env_spec(args.env, args.spec)
+    if args.data_dir:
+        spec = spec.with_overrides(**_spec_overrides(args, None))
     world = build_world(spec.world)
     out = Path(args.export)
     out.mkdir(parents=True, exist_ok=True)
@@ -282,7 +282,9 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     incomplete = int((~traj.episodes["complete"]).sum()) if len(traj.episodes) else 0
     print(f"  {len(traj.episodes)} episodes ({incomplete} incomplete), {len(traj.steps)} steps, {len(traj.calls)} LLM calls")
     if m.get("backend_stats"):
-        print("  backend stats: " + ", ".join(f"{k}={v}" for k, v in m["backend_stats"].items()))
+        nonzero = {k: v for k, v in m["backend_stats"].items() if v}
+        print("  backend stats: " + (", ".join(f"{k}={v:g}" if isinstance(v, (int, float)) else f"{k}={v}"
+                                               for k, v in nonzero.items()) or "all zero"))
     print()
     print(format_summary(summary, "summary:"))
     if len(users):
@@ -306,7 +308,8 @@ def cmd_replay(args: argparse.Namespace) -> int:
     else:
         for c in cols:
             a, b = traj.steps[c].to_numpy(), new.steps[c].to_numpy()
-            same = all(np.array_equal(np.asarray(x), np.asarray(y), equal_nan=True) for x, y in zip(a, b))
+            same = all(np.array_equal(x, y, equal_nan=x.dtype.kind == "f")
+                       for x, y in ((np.asarray(x), np.asarray(y)) for x, y in zip(a, b)))
             if not same:
                 bad.append(c)
     if bad:
@@ -341,6 +344,7 @@ def _add_env_args(p: argparse.ArgumentParser, *, llm: bool = True) -> None:
     p.add_argument("--slate-size", type=int, help="override the spec's slate size")
     p.add_argument("--num-candidates", type=int, help="override the spec's candidates per step")
     p.add_argument("--max-steps", type=int, help="override the spec's session length limit")
+    p.add_argument("--data-dir", metavar="DIR", help="dataset directory of a data-backed world (e.g. MovieLens)")
     if llm:
         p.add_argument("--backend", choices=("embedded", "llm"), help="user cognition backend (default: the spec's)")
         p.add_argument("--base-url", help="OpenAI-compatible endpoint for --backend llm (default: a bundled local model)")
@@ -389,6 +393,7 @@ def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
     p.add_argument("--export", metavar="DIR", required=True, help="write catalog.json and personas.json here")
     p.add_argument("--env", default="simrec/Synthetic-v0")
     p.add_argument("--spec", metavar="FILE")
+    p.add_argument("--data-dir", metavar="DIR", help="dataset directory of a data-backed world (e.g. MovieLens)")
     p.set_defaults(func=cmd_world)
 
     p = sub.add_parser("inspect", help="summarise a trajectory log")
@@ -405,26 +410,25 @@ def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
 
     # simrec.fidelity (and its data dependencies) is imported only when this command is used
     argv = list(sys.argv[1:] if argv is None else argv)
-    wants_fidelity = bool(argv) and argv[0] == "fidelity"
     p = sub.add_parser("fidelity", help="measure simulator fidelity against real ratings (see simrec.fidelity)")
     p.set_defaults(func=cmd_fidelity)
-    if wants_fidelity:
+    parser.set_defaults(fidelity_error=None)
+    if argv and argv[0] == "fidelity":
         try:
             _import_fidelity().add_arguments(p)
-        except CLIError as e:  # still parse, then report the problem instead of a usage error
-            p.add_argument("rest", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
-            p.set_defaults(func=lambda a, e=e: _raise(e))
+        except CLIError as e:  # reported by main() instead of a confusing usage error
+            parser.set_defaults(fidelity_error=e)
     return parser
-
-
-def _raise(e: Exception) -> int:
-    raise e
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``simrec`` console script; returns the exit status."""
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser(argv)
+    err = parser.get_default("fidelity_error")
+    if err is not None:
+        print(f"simrec fidelity: error: {err}", file=sys.stderr)
+        return 2
     args = parser.parse_args(argv)
     if not getattr(args, "command", None):
         parser.print_help()
@@ -437,3 +441,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"simrec {args.command}: interrupted (finished episodes are in the log)", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # e.g. `simrec inspect DIR | head`
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0

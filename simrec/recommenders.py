@@ -16,7 +16,8 @@ Slates are ranked: position 0 (the top, seen most) gets the highest score.
 
 from __future__ import annotations
 
-from typing import Any, Callable, Iterable
+from collections.abc import Callable
+from typing import Any
 
 import gymnasium
 import numpy as np
@@ -254,7 +255,7 @@ class LinUCBRecommender(_LinearBandit):
 
     def scores(self, obs: dict[str, np.ndarray], info: dict[str, Any]) -> np.ndarray:
         x = self._context(obs)
-        width = np.sqrt(np.maximum(np.einsum("nd,de,ne->n", x, self.A_inv, x), 0.0))
+        width = np.sqrt(np.maximum(((x @ self.A_inv) * x).sum(axis=1), 0.0))
         return x @ self.theta + self.alpha * width
 
 
@@ -286,6 +287,9 @@ class SB3Policy(Recommender):
     ``FlattenObservation(TopKScores(SlateEnv()))``. Its observation wrappers are applied to the raw
     observation and its action wrappers to the model's output, so the adapter returns candidate
     positions for the bare :class:`SlateEnv`. Without ``env`` observations and actions pass through.
+
+    For a ``MultiDiscrete`` policy, ``deterministic`` decoding picks each position's most likely
+    candidate among those not yet on the slate (SB3's per-position arg-max would repeat items).
     """
 
     name = "sb3"
@@ -302,11 +306,29 @@ class SB3Policy(Recommender):
         o: Any = obs
         for fn in self._obs_fns:
             o = fn(o)
-        a, _ = self.model.predict(o, deterministic=self.deterministic)
+        if self.deterministic and isinstance(self.model.action_space, spaces.MultiDiscrete):
+            a = self._greedy_distinct(o)
+        else:
+            a, _ = self.model.predict(o, deterministic=self.deterministic)
         for fn in self._act_fns:
             a = fn(a)
         a = np.asarray(a, dtype=np.int64).reshape(-1)
         return int(a[0]) if self.discrete else a
+
+
+    def _greedy_distinct(self, obs: Any) -> np.ndarray:
+        import torch
+
+        policy = self.model.policy
+        obs_t, _ = policy.obs_to_tensor(obs)
+        with torch.no_grad():
+            dists = policy.get_distribution(obs_t).distribution
+        chosen: list[int] = []
+        for d in dists:  # one Categorical per slate position
+            logits = d.logits[0].detach().cpu().numpy().astype(np.float64)
+            logits[chosen] = -np.inf
+            chosen.append(int(np.argmax(logits)))
+        return np.asarray(chosen, dtype=np.int64)
 
 
 def _wrapper_transforms(env: gymnasium.Env | None) -> tuple[list[Callable], list[Callable]]:
@@ -343,7 +365,7 @@ def make_recommender(name: str, action_space: spaces.Space, *, seed: int | None 
 
 
 def run_episodes(env: gymnasium.Env, recommender: Recommender, episodes: int, *, seed: int | None = None,
-                 learn: bool = True, progress: Iterable | None = None,
+                 learn: bool = True, progress: Any = None,
                  on_step: Callable[[dict[str, Any]], None] | None = None) -> list[dict[str, float]]:
     """Run ``episodes`` sessions; the first reset uses ``seed``, later ones continue the same world.
 

@@ -25,15 +25,17 @@ the manifest's spec and reproduces it exactly with the embedded backend.
 from __future__ import annotations
 
 import json
+import math
 import os
 import platform
 import shutil
 import time
 import uuid
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 import gymnasium
 import numpy as np
@@ -389,7 +391,7 @@ class TrajectoryWriter:
         self.write_manifest()
         self.closed = True
 
-    def trajectories(self) -> "Trajectories":
+    def trajectories(self) -> Trajectories:
         """The log so far (flushed parts only) as DataFrames."""
         if self.path is not None:
             return read_trajectories(self.path)
@@ -447,7 +449,7 @@ def _drain(backend: Any) -> list[dict]:
 def _stats(backend: Any) -> dict[str, Any] | None:
     try:
         return {k: (v.item() if isinstance(v, np.generic) else v) for k, v in backend.stats().items()}
-    except Exception as e:  # stats are provenance, never worth losing the log over
+    except Exception as e:  # noqa: BLE001 -- stats are provenance, never worth losing the log over
         return {"error": f"stats() failed: {e}"}
 
 
@@ -595,7 +597,7 @@ class Recorder(gymnasium.Wrapper):
         self._closed = True
         self.env.close()
 
-    def trajectories(self) -> "Trajectories":
+    def trajectories(self) -> Trajectories:
         """What has been written so far (everything, after ``close()``)."""
         return self.writer.trajectories()
 
@@ -620,7 +622,7 @@ def _ratings(r: Any) -> list[float]:
 
 def _episode_row(ep: dict[str, Any], rows: list[dict], complete: bool) -> dict[str, Any]:
     clicks = sum(sum(r["clicked"]) for r in rows)
-    ratings = [x for r in rows for x in r["rating"] if x == x]  # x == x drops NaN
+    ratings = [x for r in rows for x in r["rating"] if not math.isnan(x)]
     return {
         "episode": ep["episode"], "user": ep["user"], "user_index": ep["user_index"], "env_index": ep["env_index"],
         "reset_seed": ep["reset_seed"], "reset_options": ep["reset_options"], "steps": len(rows),
@@ -756,7 +758,7 @@ class VectorRecorder(VectorWrapper):
         self._closed = True
         self.env.close(**kwargs)
 
-    def trajectories(self) -> "Trajectories":
+    def trajectories(self) -> Trajectories:
         return self.writer.trajectories()
 
 

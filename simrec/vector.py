@@ -89,7 +89,7 @@ class SlateVectorEnv(VectorEnv):
         self._clicks[:] = 0
         self._cands = self.sim.candidates.draw(self.np_random, self.num_envs)
         obs = self.sim.observe(self._users, self._cands, self._t, self._clicks)
-        return obs, {"user": self._users.copy(), "t": self._t.copy()}
+        return obs, {"user": self._users.copy(), "t": self._t.copy(), "candidate_items": self._cands}
 
     def step(self, actions: Any):
         if not self._started:
@@ -118,6 +118,7 @@ class SlateVectorEnv(VectorEnv):
             info["latent"] = {"fatigue": st.fatigue[u], "satisfaction": st.satisfaction[u],
                               "boredom": st.boredom[u], "taste": st.taste[u]}
         self._cands = self.sim.candidates.draw(self.np_random, self.num_envs)
+        info["candidate_items"] = self._cands  # what the returned observation's candidates are
         done = terminated | truncated
         if done.any():
             idx = np.flatnonzero(done)
