@@ -210,6 +210,9 @@ class Dynamics:
 
     def __init__(self, config: DynamicsConfig | dict | None = None) -> None:
         self.config = config if isinstance(config, DynamicsConfig) else DynamicsConfig(**(config or {}))
+        d = self.config.drift
+        self._ou_decay1 = math.exp(-d.theta)
+        self._ou_sd1 = d.sigma * (math.sqrt((1 - self._ou_decay1**2) / (2 * d.theta)) if d.theta > 0 else 1.0)
 
     def step(self, state: UserState, users: np.ndarray | slice, *, chosen_features: np.ndarray,
              consumption: np.ndarray, consumed_topics: np.ndarray, shown_topics: np.ndarray,
@@ -245,13 +248,18 @@ class Dynamics:
         state.clock[u] += 1.0
         state.steps_total[u] += 1
         taste, anchor = state.taste[u], state.anchor[u]  # views: updated in place
-        t = _ou_mean_and_noise(state, slice(u, u + 1), d, rng, 1.0)[0]
+        if d.theta or d.sigma:  # OU step, as _ou_mean_and_noise with dt = 1 (same draws)
+            noise = rng.standard_normal(taste.size, dtype=np.float32)
+            noise *= self._ou_sd1 / math.sqrt(taste.size)
+            t = anchor + (taste - anchor) * self._ou_decay1 + noise
+        else:
+            t = taste.copy()
         if chosen_features is not None and consumption > 0:
             t += (d.assimilation * consumption) * (chosen_features - t)
             if d.anchor_assimilation > 0:
                 an = anchor + (d.anchor_assimilation * consumption) * (chosen_features - anchor)
-                anchor[:] = an / max(float(np.sqrt(an @ an)), 1e-8)
-        taste[:] = t / max(float(np.sqrt(t @ t)), 1e-8)
+                anchor[:] = an / max(math.sqrt(float(an @ an)), 1e-8)
+        taste[:] = t / max(math.sqrt(float(t @ t)), 1e-8)
         shifted = bool(concept_shift(state, slice(u, u + 1), d, rng, directions)[0]) if (d.shift_rate > 0 or d.shift_schedule) else False
         b = state.boredom[u]
         b *= 1.0 - c.boredom.decay

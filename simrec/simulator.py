@@ -84,6 +84,7 @@ class Simulator:
     # -- lifecycle ------------------------------------------------------------------------------
     def reset_population(self, rng: np.random.Generator) -> None:
         self.pop.reset(rng)
+        self.candidates.reset()
         self._last_gap[:] = 0
         self._hist[:] = 0
 
@@ -201,8 +202,9 @@ class Simulator:
             min(math.log1p(int(self.pop.state.sessions[u])) * self._inv_log_sessions, 1.0),
             t * inv, min(clicks * inv, 1.0), min(float(self._last_gap[u]) * 1e-3, 1.0),
         ], dtype=np.float32)
-        order = (int(self.pop.memory.count[u]) + self._hist_order) % s.history_window
-        return {"candidates": np.take(self.item_obs, cands, axis=0), "user": user, "history": self._hist[u][order]}
+        h, k = self._hist[u], int(self.pop.memory.count[u]) % s.history_window  # oldest record sits at slot k
+        return {"candidates": np.take(self.item_obs, cands, axis=0), "user": user,
+                "history": np.concatenate((h[k:], h[:k]))}
 
     def backend_free_utility(self, users: np.ndarray | slice, slates: np.ndarray) -> np.ndarray:
         """Utility under the embedded model, for dynamics when a backend (e.g. an LLM) gives none."""

@@ -51,6 +51,10 @@ class ChoiceConfig(BaseModel):
     rating_pickiness: float = Field(1.0, ge=0, description="Stars between the least and most picky users.")
     rating_conformity: float = Field(0.5, ge=0, le=1, description="Max pull toward the crowd's rating.")
     rating_noise: float = Field(0.6, ge=0)
+    rating_dims: int = Field(0, ge=0, description=(
+        "Calibrated worlds: the last rating_dims feature dimensions say how a user rates an item and are left "
+        "out of the choice utility; ratings then start from the crowd's view (1 + 4 quality) and move by "
+        "rating_scale * affinity * <taste, features> over those dimensions. 0: one shared utility."))
     leave_base: float = -3.5
     leave_fatigue: float = 6.0
     leave_satisfaction: float = 1.5
@@ -97,6 +101,8 @@ class EmbeddedCognition:
         w = np.empty((tr.shape[0], d + 2 + tc.shape[1], 1), dtype=np.float32)
         w[:, :d, 0] = rows(pop.state.taste, users)
         w[:, :d, 0] *= c.affinity
+        if c.rating_dims:  # rating-only dimensions (calibrated worlds) do not drive choice
+            w[:, d - c.rating_dims:d, 0] = 0.0
         w[:, d, 0] = c.quality
         w[:, d + 1, 0] = c.conformity * tr[:, 1]
         share = tc / np.maximum(tc.sum(axis=1, keepdims=True), 1e-6)
@@ -116,6 +122,8 @@ class EmbeddedCognition:
         tc = pop.memory.topic_consumed[u]
         w = np.empty(d + 2 + tc.size, dtype=np.float32)
         np.multiply(pop.state.taste[u], c.affinity, out=w[:d])
+        if c.rating_dims:
+            w[d - c.rating_dims:d] = 0.0
         w[d] = c.quality
         w[d + 1] = c.conformity * conformity
         np.multiply(pop.state.boredom[u], -c.boredom, out=w[d + 2:])
@@ -134,7 +142,8 @@ class EmbeddedCognition:
     def latent_rating(self, util, bias, pickiness, conformity, quality):
         c = self.config
         w = c.rating_conformity * conformity
-        own = 3.0 + c.rating_scale * util + bias + c.rating_pickiness * (0.5 - pickiness)
+        base = 1.0 + 4.0 * quality if c.rating_dims else 3.0
+        own = base + c.rating_scale * util + bias + c.rating_pickiness * (0.5 - pickiness)
         return (1.0 - w) * own + w * (1.0 + 4.0 * quality)
 
     def leave_logit(self, fatigue, patience, satisfaction, no_click):
@@ -146,12 +155,25 @@ class EmbeddedCognition:
                 rng: np.random.Generator | None) -> np.ndarray:
         """Star ratings ``(B, K)`` the users would give the items (noise-free when ``rng`` is None)."""
         c = self.config
-        tr = pop.traits[users]
-        latent = self.latent_rating(util, pop.rating_bias[users][:, None], tr[:, 4:5], tr[:, 1:2],
-                                    pop.catalog.quality[slates])
+        latent = self.rating_latents(pop, users, slates, util)
         if rng is not None and c.rating_noise > 0:
             latent = latent + c.rating_noise * rng.standard_normal(latent.shape, dtype=np.float32)
         return np.clip(np.rint(latent), 1.0, 5.0).astype(np.float32)
+
+    def rating_latents(self, pop: "Population", users: np.ndarray | slice, slates: np.ndarray,
+                       util: np.ndarray) -> np.ndarray:
+        """The ordinal model's latent score ``(B, K)`` before noise and rounding."""
+        if self.config.rating_dims:
+            util = self.rating_utility(pop, users, slates)
+        tr = pop.traits[users]
+        return self.latent_rating(util, pop.rating_bias[users][:, None], tr[:, 4:5], tr[:, 1:2],
+                                  pop.catalog.quality[slates])
+
+    def rating_utility(self, pop: "Population", users: np.ndarray | slice, items: np.ndarray) -> np.ndarray:
+        """``affinity * <taste, features>`` over the last ``rating_dims`` dimensions, ``(B, K)``."""
+        r, d = self.config.rating_dims, pop.catalog.dim
+        f = np.take(pop.catalog.features[:, d - r:], items, axis=0)
+        return self.config.affinity * np.einsum("bkr,br->bk", f, rows(pop.state.taste, users)[:, d - r:])
 
     # -- protocol -------------------------------------------------------------------------------
     def decide(self, pop: "Population", users: np.ndarray | slice, slates: np.ndarray,
@@ -210,9 +232,13 @@ class EmbeddedCognition:
         uc = ut[col]
         clicked = np.zeros((1, K), dtype=bool)
         consumption = np.zeros((1, K), dtype=np.float32)
-        rating = np.full((1, K), np.nan, dtype=np.float32)
+        rating = np.full_like(consumption, np.nan)
         e = math.log(noise[K + 1]) - math.log1p(-noise[K + 1])
-        latent = self.latent_rating(uc, float(pop.rating_bias[u]), pickiness, conformity,
+        ur = uc
+        if c.rating_dims:
+            d = pop.catalog.dim
+            ur = c.affinity * float(pop.catalog.features[slate[col], d - c.rating_dims:] @ pop.state.taste[u, d - c.rating_dims:])
+        latent = self.latent_rating(ur, float(pop.rating_bias[u]), pickiness, conformity,
                                     float(pop.catalog.quality[slate[col]]))
         if c.rating_noise > 0:
             latent += c.rating_noise * float(rng.standard_normal((1, 1), dtype=np.float32)[0, 0])
@@ -232,13 +258,18 @@ class EmbeddedCognition:
     def judge(self, pop: "Population", users: np.ndarray, items: np.ndarray,
               rng: np.random.Generator) -> JudgeBatch:
         """Watch an item when its utility beats choosing nothing (no position bias: items are judged
-        one by one); the rating is the ordinal model's noise-free prediction."""
-        c = self.config
+        one by one); the rating is the ordinal model's noise-free prediction.
+
+        ``meta`` also holds ``rating_sample`` (stars drawn with the model's rating noise, for rating
+        distributions) and ``rating_latent`` (the score before rounding, clipped to [1, 5])."""
         util = self.utilities(pop, users, items)
         tr = pop.traits[users]
         watch = util > self.no_click_utility(tr[:, 4], pop.state.fatigue[users])[:, None]
-        rating = self.ratings(pop, users, items, util, None)
-        return JudgeBatch(watch, rating, np.full(users.size, SOURCE_EMBEDDED, np.int8), {"utility": util})
+        latent = self.rating_latents(pop, users, items, util)
+        rating = np.clip(np.rint(latent), 1.0, 5.0).astype(np.float32)
+        meta = {"utility": util, "rating_latent": np.clip(latent, 1.0, 5.0).astype(np.float32),
+                "rating_sample": self.ratings(pop, users, items, util, rng)}
+        return JudgeBatch(watch, rating, np.full(users.size, SOURCE_EMBEDDED, np.int8), meta)
 
     def end_session(self, pop: "Population", users: np.ndarray) -> None:
         return None
