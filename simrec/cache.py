@@ -13,6 +13,11 @@ Modes:
   when the run was recorded fails the same way again, so the backend's fallback, and with it the
   whole trajectory, replays exactly.
 
+A second table maps a *prompt-input fingerprint* (a hash of everything a prompt is rendered
+from: persona, numeric state, memory, page, notes, settings and the prompt code itself) to the
+rendered messages and the key of their first request. Replaying through it skips re-rendering the
+prompt, which is most of a replayed step's cost.
+
 One file can be shared by runs and processes (WAL journal); writes are committed in batches.
 """
 
@@ -45,6 +50,13 @@ CREATE TABLE IF NOT EXISTS replies (
     latency_s REAL,
     created REAL NOT NULL
 );
+CREATE TABLE IF NOT EXISTS prompts (
+    fp TEXT PRIMARY KEY,
+    key TEXT NOT NULL,
+    messages TEXT NOT NULL,
+    audit TEXT NOT NULL,
+    params TEXT NOT NULL
+);
 CREATE TABLE IF NOT EXISTS failures (
     key TEXT PRIMARY KEY,
     request TEXT NOT NULL,
@@ -66,6 +78,18 @@ class CachedReply:
     finish_reason: str | None
 
 
+@dataclass(frozen=True)
+class CachedPrompt:
+    """A prompt recorded under its input fingerprint: its first request's key, the rendered
+    messages (JSON), audit and parameters, and that request's reply if one was recorded."""
+
+    key: str
+    messages: str
+    audit: str
+    params: str
+    reply: CachedReply | None
+
+
 def canonical_json(obj: Any) -> str:
     return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
 
@@ -85,7 +109,8 @@ class ResponseCache:
         self.path = Path(path)
         self.mode: CacheMode = mode
         if mode == "replay" and not self.path.is_file():
-            raise ConfigError(f"{self.path}: replay cache not found. Fix: record a run first with cache_mode='read-write'.")
+            raise ConfigError(f"{self.path}: replay cache not found. "
+                              "Fix: record a run first with cache_mode='read-write'.")
         self.path.parent.mkdir(parents=True, exist_ok=True)
         # check_same_thread=False: lookups run on the caller's thread, writes on the client's loop
         # thread; the lock serialises them.
@@ -132,6 +157,25 @@ class ResponseCache:
             return None
         self.hits += 1
         return CachedReply(row[0], int(row[1]), int(row[2]), row[3])
+
+    def get_prompt(self, fp: str) -> CachedPrompt | None:
+        """The prompt recorded under input fingerprint ``fp`` (see ``LLMCognition``), with its reply."""
+        with self._lock:
+            row = self._db.execute(
+                "SELECT p.key, p.messages, p.audit, p.params, r.content, r.prompt_tokens, r.completion_tokens, "
+                "r.finish_reason FROM prompts p LEFT JOIN replies r ON r.key = p.key WHERE p.fp=?", (fp,)
+            ).fetchone()
+        if row is None:
+            return None
+        reply = None if row[4] is None else CachedReply(row[4], int(row[5]), int(row[6]), row[7])
+        return CachedPrompt(row[0], row[1], row[2], row[3], reply)
+
+    def put_prompt(self, fp: str, key: str, messages: str, audit: str, params: str) -> None:
+        if not self.writable:
+            return
+        with self._lock:
+            self._db.execute("INSERT OR REPLACE INTO prompts VALUES (?,?,?,?,?)", (fp, key, messages, audit, params))
+            self._bump()
 
     def get_failure(self, key: str) -> str | None:
         with self._lock:

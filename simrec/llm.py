@@ -28,7 +28,7 @@ import os
 import random
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Coroutine, Literal, Mapping, TypeVar
 from urllib.parse import urlparse
 
@@ -46,6 +46,8 @@ OPENAI_DEFAULT_BASE_URL = "https://api.openai.com/v1"
 LOCAL_API_KEY = "sk-no-key-required"
 
 StructuredMode = Literal["json_schema", "json_object", "none"]
+#: Keep-alive connections per SDK client (see ``LLMClient._pick_client``).
+CONNECTIONS_PER_CLIENT = 4
 _MODE_ORDER: tuple[StructuredMode, ...] = ("json_schema", "json_object", "none")
 
 
@@ -133,6 +135,8 @@ class LLMConfig(BaseModel):
         "auto", description="tight: slate-size-specific schema (fixed item positions; grammar servers); "
                             "portable: OpenAI strict-mode subset. auto: portable for api.openai.com.")
     repair: bool = Field(True, description="Ask once more, quoting the error, when a reply does not validate.")
+    reason_max_chars: int = Field(200, ge=10, le=200, description="Length limit of a reply's reason (tight schema).")
+    note_max_chars: int = Field(150, ge=20, le=400, description="Length limit of each reflection note (tight schema).")
     # -- robustness and throughput -------------------------------------------------------------
     concurrency: int = Field(16, ge=1, description="Max HTTP requests in flight.")
     max_retries: int = Field(4, ge=0, description="Retries per request on timeout, connection error, 429, 5xx.")
@@ -147,6 +151,8 @@ class LLMConfig(BaseModel):
     n_memories: int = Field(5, ge=0, description="Memories retrieved per decision prompt.")
     reflect_every: int = Field(10, ge=0, description="Reflect after every k steps of a user (0: never).")
     reflect_at_session_end: bool = True
+    fast_replay: bool = Field(True, description="With a cache, look prompts up by a fingerprint of their inputs "
+                                                "and skip re-rendering them on a hit.")
     sanitize: dict[str, Any] = Field(default_factory=dict, description="simrec.sanitize.SanitizeConfig fields.")
     fallback_choice: dict[str, Any] = Field(default_factory=dict,
                                             description="ChoiceConfig of the embedded fallback backend.")
@@ -182,7 +188,8 @@ class LLMConfig(BaseModel):
         try:
             return cls.model_validate(data)
         except ValidationError as e:
-            raise format_validation_error(source, e, hint="Fix: see simrec.llm.LLMConfig for fields and allowed values.") from None
+            raise format_validation_error(
+                source, e, hint="Fix: see simrec.llm.LLMConfig for fields and allowed values.") from None
 
     # -- derived -------------------------------------------------------------------------------
     @property
@@ -267,6 +274,7 @@ class Completion:
     params: dict[str, Any]
     finish_reason: str | None = None
     attempts: int = 1
+    key: str | None = None  # cache key of the request
 
 
 @dataclass
@@ -280,6 +288,7 @@ class ClientCounters:
     retries_server_error: int = 0
     retries_connection: int = 0
     request_failures: int = 0
+    bad_requests: int = 0
     format_downgrades: int = 0
     cache_hits: int = 0
     cache_misses: int = 0
@@ -329,10 +338,11 @@ class AsyncRunner:
         # A forked child (e.g. a subprocess vector env) inherits a loop whose thread is gone.
         return self._thread.is_alive() and os.getpid() == self._pid and not self._loop.is_closed()
 
-    def run(self, coro: Coroutine[Any, Any, T]) -> T:
+    def run(self, coro: Coroutine[Any, Any, T], timeout: float | None = None) -> T:
         if threading.current_thread() is self._thread:
+            coro.close()
             raise RuntimeError("AsyncRunner.run called from its own loop thread")
-        return asyncio.run_coroutine_threadsafe(coro, self._loop).result()
+        return asyncio.run_coroutine_threadsafe(coro, self._loop).result(timeout)
 
     def close(self) -> None:
         if not self.alive:
@@ -360,16 +370,18 @@ class LLMClient:
         self.prices = prices or PriceTable(config.prices)
         self.counters = ClientCounters()
         self.mode: StructuredMode = "json_schema" if config.structured == "auto" else config.structured
-        self._client: Any = None
+        self._clients: list[Any] = []
+        self._next = 0
         self._sem: asyncio.Semaphore | None = None
         self._jitter = random.Random(0x5EED)  # backoff jitter only; never touches simulation RNGs
         self._unpriced_warned = False
-        config.api_key_value()  # fail at construction on a missing OpenAI key, not on the first step
+        if config.effective_cache_mode != "replay":  # replaying needs no server, hence no key
+            config.api_key_value()  # fail at construction on a missing OpenAI key, not on the first step
 
     # -- request building ----------------------------------------------------------------------
     def request(self, messages: list[dict], schema_name: str, schema: dict | None, max_tokens: int,
                 mode: StructuredMode | None = None) -> dict[str, Any]:
-        """The ``chat.completions.create`` keyword arguments (and the cache key's content)."""
+        """The JSON body of a chat-completions request (also what the cache key hashes)."""
         mode = mode or self.mode
         req: dict[str, Any] = {"model": self.config.model, "messages": messages, "max_tokens": max_tokens}
         req.update(self.config.sampling_params())
@@ -382,6 +394,12 @@ class LLMClient:
                 rf["schema"] = schema
             req["response_format"] = rf
         return req
+
+    def count_hit(self, prompt_tokens: int, completion_tokens: int) -> None:
+        k = self.counters
+        k.cache_hits += 1
+        k.cached_prompt_tokens += prompt_tokens
+        k.cached_completion_tokens += completion_tokens
 
     def _modes_to_try(self) -> tuple[StructuredMode, ...]:
         if self.config.structured != "auto":
@@ -402,13 +420,12 @@ class LLMClient:
             key = c.key(req)
             hit = c.get(key)
             if hit is not None:
-                k = self.counters
-                k.cache_hits += 1
-                k.cached_prompt_tokens += hit.prompt_tokens
-                k.cached_completion_tokens += hit.completion_tokens
+                if mode != self.mode:  # replaying a run that negotiated a different format
+                    self.mode = mode
+                self.count_hit(hit.prompt_tokens, hit.completion_tokens)
                 return Completion(hit.content, hit.prompt_tokens, hit.completion_tokens,
                                   time.perf_counter() - t0, 0.0, True, mode, _log_params(req),
-                                  hit.finish_reason, 0)
+                                  hit.finish_reason, 0, key)
             if c.mode == "replay":
                 err = c.get_failure(key)
                 if err is not None:
@@ -437,7 +454,7 @@ class LLMClient:
     async def _complete_live(self, messages: list[dict], schema_name: str, schema: dict | None,
                              max_tokens: int) -> Completion:
         cfg, k = self.config, self.counters
-        client = self._ensure_client()
+        client = self._pick_client()
         assert self._sem is not None
         attempt = 0
         t_start = time.perf_counter()
@@ -450,7 +467,11 @@ class LLMClient:
                 k.requests += 1
                 t0 = time.perf_counter()
                 try:
-                    resp = await client.chat.completions.create(**req)
+                    # AsyncOpenAI.post is the SDK's documented raw-request API. chat.completions.create
+                    # would walk the messages and JSON schema through its typed-parameter transform
+                    # and build a ChatCompletion model: more CPU than the rest of the request
+                    # (measured), which caps throughput at high concurrency.
+                    resp = await client.post("/chat/completions", body=req, cast_to=object)  # the JSON as is
                 except Exception as e:  # classified below; anything unknown propagates
                     elapsed = time.perf_counter() - t0
                     k.latency_s += elapsed
@@ -462,8 +483,9 @@ class LLMClient:
                     latency = time.perf_counter() - t0
                     return self._accept(req, resp, latency, mode, attempt + 1, t_start)
             # Outside the semaphore: back off without holding a slot.
-            if attempt >= cfg.max_retries:
+            if attempt >= cfg.max_retries or reason == "bad_request":
                 k.request_failures += 1
+                k.bad_requests += reason == "bad_request"
                 msg = f"{reason} after {attempt + 1} attempt(s): {type(error).__name__}: {_short(error)}"
                 if self.cache is not None and self.cache.writable:
                     self.cache.put_failure(self.cache.key(req), req, msg)
@@ -488,32 +510,41 @@ class LLMClient:
             return "rate_limit", _retry_after(e.response.headers)
         if isinstance(e, openai.APIStatusError):
             status = e.status_code
-            if status >= 500:
-                return "server_error", _retry_after(e.response.headers)
-            if status in (400, 422) and has_schema and self.config.structured == "auto" and mode != "none":
-                # The server refused this response_format: step down once and remember.
+            text = str(e).lower()
+            if (status in (400, 422, 500) and has_schema and self.config.structured == "auto" and mode != "none"
+                    and any(w in text for w in ("response_format", "json_schema", "json_object"))):
+                # The server refused this response_format (llama-cpp-python answers 500 to json_schema):
+                # step down once and remember.
                 nxt = _MODE_ORDER[_MODE_ORDER.index(mode) + 1]
                 if self.mode == mode:
                     log.warning("LLM server %s rejected response_format %s (%s); using %s from now on",
-                                self.config.endpoint, mode, _short(e), nxt)
+                                self.config.endpoint, mode, _short(e, 120), nxt)
                     self.mode = nxt
                     self.counters.format_downgrades += 1
                 return "downgrade", None
+            if status >= 500:
+                return "server_error", _retry_after(e.response.headers)
+            if status in (400, 413, 422):  # this request is bad (e.g. too long): fail it, not the run
+                return "bad_request", None
             hint = {401: "check the API key", 403: "check the key's permissions",
-                    404: f"check base_url ({self.config.endpoint}) and model ({self.config.model!r})"}.get(status, "check the request")
+                    404: f"check base_url ({self.config.endpoint}) and model ({self.config.model!r})",
+                    }.get(status, "check the request")
             raise LLMFatalError(f"LLM server answered {status}: {_short(e)}. Fix: {hint}.") from e
         raise e
 
     def _accept(self, req: dict, resp: Any, latency: float, mode: StructuredMode, attempts: int,
                 t_start: float) -> Completion:
         k = self.counters
-        choice = resp.choices[0] if getattr(resp, "choices", None) else None
-        content = choice.message.content if choice is not None else None
-        finish = getattr(choice, "finish_reason", None)
-        usage = getattr(resp, "usage", None)
-        pt = int(getattr(usage, "prompt_tokens", 0) or 0)
-        ct = int(getattr(usage, "completion_tokens", 0) or 0)
-        if usage is None:
+        if not isinstance(resp, dict):  # a pydantic ChatCompletion (e.g. from a test double)
+            resp = resp.model_dump()
+        choices = resp.get("choices") or [{}]
+        message = choices[0].get("message") or {}
+        content = message.get("content")
+        finish = choices[0].get("finish_reason")
+        usage = resp.get("usage") or {}
+        pt = int(usage.get("prompt_tokens") or 0)
+        ct = int(usage.get("completion_tokens") or 0)
+        if not usage:
             k.missing_usage += 1
         cost = self.prices.cost(self.config.model, pt, ct)
         if self.prices.lookup(self.config.model) is None:
@@ -526,26 +557,40 @@ class LLMClient:
         k.completion_tokens += ct
         k.cost_usd += cost
         k.latency_s += latency
+        key = None
         if self.cache is not None and self.cache.writable and content is not None:
-            self.cache.put(self.cache.key(req), req, content, pt, ct, finish, self.config.model, latency)
+            key = self.cache.key(req)
+            self.cache.put(key, req, content, pt, ct, finish, self.config.model, latency)
         return Completion(content, pt, ct, time.perf_counter() - t_start, cost, False, mode,
-                          _log_params(req), finish, attempts)
+                          _log_params(req), finish, attempts, key)
 
     # -- lifecycle -----------------------------------------------------------------------------
-    def _ensure_client(self) -> Any:
-        if self._client is None:
+    def _pick_client(self) -> Any:
+        """One of ``ceil(concurrency / CONNECTIONS_PER_CLIENT)`` SDK clients, round robin.
+
+        httpx's pool scans all its connections for every request, so one pool of 64 keep-alive
+        connections costs more CPU per request than 8 pools of 8.
+        """
+        if not self._clients:
             import openai
 
             cfg = self.config
-            self._client = openai.AsyncOpenAI(api_key=cfg.api_key_value(), base_url=cfg.endpoint,
-                                              timeout=cfg.timeout_s, max_retries=0)
+            n = -(-cfg.concurrency // CONNECTIONS_PER_CLIENT)
+            self._clients = [openai.AsyncOpenAI(api_key=cfg.api_key_value(), base_url=cfg.endpoint,
+                                                timeout=cfg.timeout_s, max_retries=0) for _ in range(n)]
             self._sem = asyncio.Semaphore(cfg.concurrency)
-        return self._client
+        self._next = (self._next + 1) % len(self._clients)
+        return self._clients[self._next]
+
+    def reset_connections(self) -> None:
+        """Forget SDK clients bound to a loop that no longer runs (after a fork)."""
+        self._clients = []
+        self._sem = None
 
     async def aclose(self) -> None:
-        if self._client is not None:
-            await self._client.close()
-            self._client = None
+        for c in self._clients:
+            await c.close()
+        self._clients = []
 
     def flush(self) -> None:
         if self.cache is not None:
