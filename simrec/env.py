@@ -184,7 +184,7 @@ class SlateEnv(gymnasium.Env):
         res = self.sim.step_one(self.user_index, slate, self.np_random)
         r = res.response
         self._t += 1
-        self._clicks += int(r.clicked[0].sum())
+        self._clicks += int(np.count_nonzero(r.clicked))
         terminated = bool(r.leave[0])
         truncated = (not terminated) and self._t >= s.max_steps
         u = int(self._user[0])

@@ -69,6 +69,7 @@ class EmbeddedCognition:
     def __init__(self, config: ChoiceConfig | dict | None = None) -> None:
         self.config = config if isinstance(config, ChoiceConfig) else ChoiceConfig(**(config or {}))
         self._logpos = -self.config.position_decay * np.log1p(np.arange(256, dtype=np.float32))
+        self._logpos_list = self._logpos.tolist()
         self._blocks: dict[int, np.ndarray] = {}
         self.calls = 0
 
@@ -219,12 +220,12 @@ class EmbeddedCognition:
         ut = util[0].tolist()
         _, conformity, _, patience, pickiness = pop.traits[u].tolist()
         fatigue = float(pop.state.fatigue[u])
-        noise = rng.random((1, K + 4))[0].tolist()
+        noise = rng.random(K + 4).tolist()  # the same stream as decide()'s (1, K + 4) draw
         inv_t = 1.0 / c.temperature
-        lp = self._logpos
+        lp = self._logpos_list
         choice, best = K, self.no_click_utility(pickiness, fatigue) * inv_t - math.log(-math.log(noise[K]))
         for k in range(K):  # Gumbel-max; strict ">" keeps numpy's first-maximum tie rule
-            z = ut[k] * inv_t + float(lp[k]) - math.log(-math.log(noise[k]))
+            z = ut[k] * inv_t + lp[k] - math.log(-math.log(noise[k]))
             if z > best or (z == best and k < choice):
                 choice, best = k, z
         hit = choice < K
@@ -241,7 +242,7 @@ class EmbeddedCognition:
         latent = self.latent_rating(ur, float(pop.rating_bias[u]), pickiness, conformity,
                                     float(pop.catalog.quality[slate[col]]))
         if c.rating_noise > 0:
-            latent += c.rating_noise * float(rng.standard_normal((1, 1), dtype=np.float32)[0, 0])
+            latent += c.rating_noise * float(rng.standard_normal(1, dtype=np.float32)[0])
         if hit:
             clicked[0, col] = True
             consumption[0, col] = 1.0 / (1.0 + math.exp(-(c.consumption_scale * uc + e)))
