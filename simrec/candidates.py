@@ -38,8 +38,9 @@ class CandidateGenerator:
         if batch == 1:
             return self._draw_one(rng)
         perm = rng.permutation(self.n)
+        perm = np.concatenate((perm, perm[: self.k]))  # wrap-around without a modulo
         start = rng.integers(0, self.n, size=(batch, 1))
-        return perm[(start + self._offsets) % self.n]
+        return np.take(perm, start + self._offsets)
 
     def _draw_one(self, rng: np.random.Generator) -> np.ndarray:
         """Sequential sampling without replacement: uniform draws, duplicates skipped.

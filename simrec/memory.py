@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from simrec.catalog import Catalog
+from simrec.state import rows
 
 
 @dataclass(frozen=True)
@@ -49,18 +50,34 @@ class MemoryBank:
         self.summary_decay = summary_decay
         self.shown = np.full((n_users, capacity, slate_size), -1, dtype=np.int32)
         self.chosen = np.full((n_users, capacity), -1, dtype=np.int32)
-        self.rating = np.full((n_users, capacity), np.nan, dtype=np.float32)
-        self.consumption = np.zeros((n_users, capacity), dtype=np.float32)
-        self.feeling = np.zeros((n_users, capacity), dtype=np.float32)
-        self.importance = np.zeros((n_users, capacity), dtype=np.float32)
-        self.t = np.zeros((n_users, capacity), dtype=np.float64)
+        # Numeric record fields live in one array (one scatter per step); rating, consumption,
+        # feeling, importance and t are views of its columns.
+        self._rec = np.zeros((n_users, capacity, len(self._REC)), dtype=np.float64)
+        self._rec[:, :, 0] = np.nan
         self.count = np.zeros(n_users, dtype=np.int64)  # records ever written
-        # Running summary of everything ever consumed (decayed), used for novelty and for prompts.
-        self.topic_consumed = np.zeros((n_users, n_topics), dtype=np.float32)
-        self.topic_rating_sum = np.zeros((n_users, n_topics), dtype=np.float32)
-        self.topic_rating_n = np.zeros((n_users, n_topics), dtype=np.float32)
+        # Running summary of everything ever consumed (decayed), used for novelty and for prompts:
+        # views topic_consumed, topic_rating_sum, topic_rating_n of one (n_users, 3, n_topics) array.
+        self._topics = np.zeros((n_users, len(self._TOPICS), n_topics), dtype=np.float32)
         self.n_chosen = np.zeros(n_users, dtype=np.int64)
         self.n_skipped = np.zeros(n_users, dtype=np.int64)
+        self._bind_views()
+
+    _REC = ("rating", "consumption", "feeling", "importance", "t")
+    _TOPICS = ("topic_consumed", "topic_rating_sum", "topic_rating_n")
+
+    def _bind_views(self) -> None:
+        for j, name in enumerate(self._REC):
+            setattr(self, name, self._rec[:, :, j])
+        for j, name in enumerate(self._TOPICS):
+            setattr(self, name, self._topics[:, j])
+
+    # Views must stay views through copy/pickle (numpy copies them as independent arrays).
+    def __getstate__(self) -> dict:
+        return {k: v for k, v in self.__dict__.items() if k not in self._REC + self._TOPICS}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self._bind_views()
 
     def __len__(self) -> int:
         return self.chosen.shape[0]
@@ -85,21 +102,24 @@ class MemoryBank:
         # With a slice, [users, slot] is an outer (1, 1) index and values broadcast into it.
         self.shown[users, slot] = shown
         self.chosen[users, slot] = chosen
-        self.rating[users, slot] = rating
-        self.consumption[users, slot] = consumption
-        self.feeling[users, slot] = feeling
         rated = ~np.isnan(rating)
-        extremity = np.abs(np.where(rated, rating, 3.0) - 3.0) / 2.0
-        self.importance[users, slot] = np.minimum(0.5 * np.abs(feeling) + 0.5 * extremity, 1.0)
-        self.t[users, slot] = now
+        rec = np.empty((chosen.shape[0], len(self._REC)))
+        rec[:, 0] = rating
+        rec[:, 1] = consumption
+        rec[:, 2] = feeling
+        rec[:, 3] = np.minimum(0.5 * np.abs(feeling) + 0.5 * np.abs(np.where(rated, rating, 3.0) - 3.0) / 2.0, 1.0)
+        rec[:, 4] = now
+        self._rec[users, slot] = rec
         self.count[users] += 1
         clicked = chosen >= 0
         self.n_chosen[users] += clicked
         self.n_skipped[users] += ~clicked
-        tc = self.topic_consumed[users] if isinstance(users, slice) else np.take(self.topic_consumed, users, axis=0)
-        self.topic_consumed[users] = self.summary_decay * tc + topic_weights * consumption[:, None]
-        self.topic_rating_sum[users] += topic_weights * np.where(rated, rating, 0.0)[:, None]
-        self.topic_rating_n[users] += topic_weights * rated[:, None]
+        ts = rows(self._topics, users)  # (B, 3, T); a view for a slice
+        ts[:, 0] *= self.summary_decay
+        ts[:, 0] += topic_weights * consumption[:, None]
+        ts[:, 1] += topic_weights * np.where(rated, rating, 0.0)[:, None]
+        ts[:, 2] += topic_weights * rated[:, None]
+        self._topics[users] = ts
 
     def write_one(self, u: int, shown: np.ndarray, chosen: int, rating: float, consumption: float, feeling: float,
                   now: float, topic_weights: np.ndarray | None) -> None:
@@ -107,12 +127,9 @@ class MemoryBank:
         slot = int(self.count[u]) % self.capacity
         self.shown[u, slot] = shown
         self.chosen[u, slot] = chosen
-        self.rating[u, slot] = rating
-        self.consumption[u, slot] = consumption
-        self.feeling[u, slot] = feeling
         rated = rating == rating  # not NaN
-        self.importance[u, slot] = min(0.5 * abs(feeling) + 0.5 * (abs(rating - 3.0) / 2.0 if rated else 0.0), 1.0)
-        self.t[u, slot] = now
+        importance = min(0.5 * abs(feeling) + 0.5 * (abs(rating - 3.0) / 2.0 if rated else 0.0), 1.0)
+        self._rec[u, slot] = (rating, consumption, feeling, importance, now)
         self.count[u] += 1
         tc = self.topic_consumed[u]
         tc *= self.summary_decay
