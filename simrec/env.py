@@ -57,14 +57,21 @@ def validate_slates(actions: np.ndarray, num_candidates: int, slate_size: int) -
         raise InvalidActionError(
             f"slate index out of range: got {a.min()}..{a.max()}, allowed 0..{num_candidates - 1}"
         )
-    if slate_size > 1:
-        srt = np.sort(a, axis=-1)
-        if np.any(srt[..., 1:] == srt[..., :-1]):
-            raise InvalidActionError(
-                f"slate {a.tolist() if a.size <= 64 else '...'} repeats an item; a slate needs distinct indices. "
-                "Wrap the env in simrec.wrappers.RepairSlate (or TopKScores) if your agent can emit repeats."
-            )
+    if slate_size > 1 and _has_repeats(a):
+        raise InvalidActionError(
+            f"slate {a.tolist() if a.size <= 64 else '...'} repeats an item; a slate needs distinct indices. "
+            "Wrap the env in simrec.wrappers.RepairSlate (or TopKScores) if your agent can emit repeats."
+        )
     return a
+
+
+def _has_repeats(a: np.ndarray) -> bool:
+    """Any row of ``a`` (B, K) with a repeated value. Pairwise column tests beat a row sort for small K."""
+    k = a.shape[1]
+    if k > 8:
+        srt = np.sort(a, axis=1)
+        return bool(np.any(srt[:, 1:] == srt[:, :-1]))
+    return any(np.any(a[:, i] == a[:, j]) for i in range(k) for j in range(i + 1, k))
 
 
 def _distinct_in_range(lst: list[int], n: int) -> bool:

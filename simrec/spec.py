@@ -119,7 +119,14 @@ class EnvSpec(BaseModel):
         return cls.parse(json.loads(ref.read_text(encoding="utf-8")), source=f"envs/{name}.json")
 
     def with_overrides(self, **overrides: Any) -> "EnvSpec":
-        """A copy with top-level fields replaced (nested dicts are merged), re-validated."""
+        """A copy with top-level fields replaced (nested dicts are merged), re-validated.
+
+        ``data_dir=`` and ``variant=`` are shortcuts for the same keys of ``world`` (data-backed worlds).
+        """
+        shortcuts = {k: overrides.pop(k) for k in WORLD_SHORTCUTS if k in overrides}
+        if shortcuts:
+            w = overrides.get("world") or {}
+            overrides["world"] = {**(w.model_dump() if isinstance(w, BaseModel) else w), **shortcuts}
         data = self.model_dump()
         for k, v in overrides.items():
             if isinstance(v, BaseModel):
@@ -129,6 +136,10 @@ class EnvSpec(BaseModel):
             else:
                 data[k] = v
         return EnvSpec.parse(data, source=f"{self.id} with overrides {sorted(overrides)}")
+
+
+#: Top-level override keys that set world fields: ``gymnasium.make("simrec/MovieLens-v0", data_dir=...)``.
+WORLD_SHORTCUTS = ("data_dir", "variant")
 
 
 def _deep_merge(a: dict, b: dict) -> dict:

@@ -66,7 +66,7 @@ class SlateVectorEnv(VectorEnv):
         self._t = np.zeros(num_envs, dtype=np.int64)
         self._clicks = np.zeros(num_envs, dtype=np.int64)
         self._cands = np.zeros((num_envs, s.num_candidates), dtype=np.int64)
-        self._rows = np.arange(num_envs)
+        self._row_offsets = (np.arange(num_envs) * s.num_candidates)[:, None]
         self._started = False
 
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None):
@@ -101,7 +101,7 @@ class SlateVectorEnv(VectorEnv):
         if a.shape[0] != self.num_envs:
             raise ValueError(f"expected actions for {self.num_envs} envs, got shape {a.shape}")
         a = validate_slates(a, s.num_candidates, s.slate_size)
-        slates = np.take_along_axis(self._cands, a, axis=1)
+        slates = np.take(self._cands.ravel(), a + self._row_offsets)
         res = self.sim.step(self._users, slates, self.np_random)
         r = res.response
         self._t += 1

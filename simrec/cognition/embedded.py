@@ -207,7 +207,7 @@ class EmbeddedCognition:
         leave = noise[:, K + 3] * (1.0 + np.exp(-logit)) < 1.0  # u < sigmoid(logit)
         resp = ResponseBatch(clicked, rating, consumption, leave, np.zeros(B, np.int8))  # SOURCE_EMBEDDED
         resp.meta["utility"] = util
-        resp.meta["shown_topics"] = self._last_block[:, :, pop.catalog.dim + 2:].sum(axis=1)
+        resp.meta["shown_topics"] = np.einsum("bkt->bt", self._last_block[:, :, pop.catalog.dim + 2:])
         return resp
 
     def decide_one(self, pop: "Population", u: int, slate: np.ndarray, rng: np.random.Generator) -> ResponseBatch:
