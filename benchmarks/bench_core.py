@@ -7,7 +7,9 @@ Measures
   * single env: steps/s of ``gymnasium.make("simrec/Synthetic-v0")`` (slate 5 of 50 candidates),
     with pre-drawn valid random slates, and including the random agent's own sampling;
   * batched: user-steps/s of ``make_vec(..., num_envs=1024, vectorization_mode="vector_entry_point")``;
-  * PPO: stable-baselines3 PPO timesteps/s (rollout + training) through ``simrec.sb3.SB3VecEnv``;
+  * PPO: stable-baselines3 PPO timesteps/s (rollout + training) through ``simrec.sb3.SB3VecEnv``
+    (16 users, n_steps 128, batch 256, 4 epochs, MlpPolicy on flattened observations), and with
+    SB3's default hyperparameters on one ``FlattenObservation(RepairSlate(env))``;
   * peak resident memory of the process.
 Targets on the 2-core reference machine: single >= 16,000 steps/s, batched >= 400,000 user-steps/s,
 PPO >= 1,100 timesteps/s.
@@ -72,6 +74,22 @@ def ppo(timesteps: int, num_envs: int) -> float:
     return timesteps / (time.perf_counter() - t0)
 
 
+def ppo_single_default(timesteps: int) -> float:
+    """SB3 PPO with its default hyperparameters on one flattened env (the slowest reasonable setup)."""
+    import torch
+    from gymnasium.wrappers import FlattenObservation
+    from stable_baselines3 import PPO
+
+    from simrec.wrappers import RepairSlate
+
+    torch.set_num_threads(1)
+    env = FlattenObservation(RepairSlate(gym.make("simrec/Synthetic-v0")))
+    model = PPO("MlpPolicy", env, seed=0, verbose=0, device="cpu")
+    t0 = time.perf_counter()
+    model.learn(timesteps)
+    return timesteps / (time.perf_counter() - t0)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true")
@@ -86,6 +104,7 @@ def main() -> None:
     res["batched_1024_user_steps_per_s"] = best_of(lambda: batched(1024, int(400 * scale)), args.repeats)
     if not args.skip_ppo:
         res["ppo_timesteps_per_s"] = ppo(int(32_768 * scale), num_envs=16)
+        res["ppo_sb3_defaults_single_env_timesteps_per_s"] = ppo_single_default(int(8_192 * scale))
     res["peak_rss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     targets = {"single_env_steps_per_s": 16_000, "batched_1024_user_steps_per_s": 400_000, "ppo_timesteps_per_s": 1_100}
     print(f"simrec {simrec.__version__}, numpy {np.__version__}, gymnasium {gym.__version__}, "
