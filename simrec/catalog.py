@@ -6,14 +6,13 @@ validated row format users write in catalog files (JSON).
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from simrec.errors import ConfigError, format_validation_error
+from simrec.errors import ConfigError, format_validation_error, read_json
 
 
 class Item(BaseModel):
@@ -168,10 +167,7 @@ class Catalog:
     def load(cls, path: str | Path) -> "Catalog":
         """Load and validate a catalog JSON file (see :class:`CatalogFile`)."""
         path = Path(path)
-        try:
-            raw = json.loads(path.read_text(encoding="utf-8"))
-        except json.JSONDecodeError as e:
-            raise ConfigError(f"{path}: not valid JSON (line {e.lineno}, column {e.colno}): {e.msg}") from None
+        raw = read_json(path, "catalog file", "pass an existing catalog JSON file (see simrec.catalog.CatalogFile)")
         try:
             cf = CatalogFile.model_validate(raw)
         except ValidationError as e:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +22,17 @@ class ConfigError(SimrecError, ValueError):
 
 class InvalidActionError(SimrecError, ValueError):
     """The recommender sent a slate that the environment cannot show."""
+
+
+def read_json(path: str | Path, what: str, fix: str) -> Any:
+    """Parse a JSON file; a missing file or bad syntax becomes a ``ConfigError`` naming the file."""
+    p = Path(path)
+    try:
+        return json.loads(p.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(f"{p}: {what} not found. Fix: {fix}") from None
+    except json.JSONDecodeError as e:
+        raise ConfigError(f"{p}: not valid JSON (line {e.lineno}, column {e.colno}): {e.msg}") from None
 
 
 def format_validation_error(source: str | Path, err: ValidationError, hint: str = "") -> ConfigError:

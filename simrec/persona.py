@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from simrec.errors import ConfigError, format_validation_error
+from simrec.errors import ConfigError, format_validation_error, read_json
 
 
 class Traits(BaseModel):
@@ -107,12 +107,7 @@ class PersonaPack(BaseModel):
         p = Path(path)
         if not p.suffix and not p.exists():
             return cls.builtin(str(path))
-        try:
-            raw = json.loads(p.read_text(encoding="utf-8"))
-        except FileNotFoundError:
-            raise ConfigError(f"{p}: persona pack not found. Fix: pass an existing file or one of {builtin_packs()}") from None
-        except json.JSONDecodeError as e:
-            raise ConfigError(f"{p}: not valid JSON (line {e.lineno}, column {e.colno}): {e.msg}") from None
+        raw = read_json(p, "persona pack", f"pass an existing file or one of {builtin_packs()}")
         return cls.parse(raw, source=str(p))
 
     @classmethod

@@ -11,7 +11,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from simrec.cognition.embedded import ChoiceConfig
 from simrec.dynamics import DynamicsConfig
-from simrec.errors import ConfigError, format_validation_error
+from simrec.errors import ConfigError, format_validation_error, read_json
 
 
 class RewardConfig(BaseModel):
@@ -96,12 +96,7 @@ class EnvSpec(BaseModel):
     @classmethod
     def load(cls, path: str | Path) -> "EnvSpec":
         p = Path(path)
-        try:
-            raw = json.loads(p.read_text(encoding="utf-8"))
-        except FileNotFoundError:
-            raise ConfigError(f"{p}: env spec not found. Fix: pass a JSON file or a built-in name {builtin_specs()}") from None
-        except json.JSONDecodeError as e:
-            raise ConfigError(f"{p}: not valid JSON (line {e.lineno}, column {e.colno}): {e.msg}") from None
+        raw = read_json(p, "env spec", f"pass a JSON file or a built-in name {builtin_specs()}")
         return cls.parse(raw, source=str(p))
 
     @classmethod
