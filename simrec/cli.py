@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import importlib
 import json
 import math
 import os
@@ -327,8 +328,8 @@ def cmd_fidelity(args: argparse.Namespace) -> int:
 
 
 def _import_fidelity() -> Any:
-    try:
-        import simrec.fidelity as fid
+    try:  # import_module reads sys.modules, so a substituted module is honoured
+        fid = importlib.import_module("simrec.fidelity")
     except ImportError as e:
         raise CLIError(f"`simrec fidelity` is unavailable: simrec.fidelity could not be imported ({e}).") from None
     if not hasattr(fid, "add_arguments") or not hasattr(fid, "run_cli"):

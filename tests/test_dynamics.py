@@ -433,7 +433,7 @@ def test_satisfied_users_are_picked_more_often(make_sim):
     expected = w[happy].sum() / w.sum()
     share = happy[draws].mean()
     assert share > 0.85
-    assert share == pytest.approx(expected, abs=4 * np.sqrt(expected * (1 - expected) / draws.size))
+    assert share == pytest.approx(float(expected), abs=4 * float(np.sqrt(expected * (1 - expected) / draws.size)))
     # at equal satisfaction, the same users are picked about half the time
     sim.pop.state.satisfaction[:] = 0.0
     draws = np.array([sim.pick_users(rng, 1)[0] for _ in range(4000)])
