@@ -18,7 +18,8 @@ What is estimated, and how it maps onto the embedded model (``simrec.cognition.e
   ``utility - no-click utility`` for a fresh user: ``affinity * <taste, f>`` over the choice
   dimensions plus the model's fixed quality, popularity x conformity, novelty and no-click terms.
   Item choice features are ``[latent factors, genre shares, 1]``; taste is kept unit-norm and
-  features inside [-1, 1], as the simulator requires.
+  features inside [-1, 1], as the simulator requires. With ``watch_recency`` a user's later train
+  interactions weigh more (their next choices look more like their latest ones).
 * **Ratings**: a biased factor model with unit-norm user factors fitted by alternating least
   squares, written into the last ``choice.rating_dims`` feature dimensions (the embedded model then
   rates ``crowd + (1 - w) (rating_scale * affinity * <taste, f> + bias + ...)``); the user bias
@@ -70,6 +71,10 @@ class CalibrationConfig(BaseModel):
         "direction makes taste drift raise everyone's propensity)."))
     watch_iters: int = Field(150, ge=1)
     watch_lr: float = Field(0.05, gt=0)
+    watch_recency: float = Field(0.0, ge=0, description=(
+        "A user's watched items weigh exp(watch_recency * (q - 1)) in the watch fit, q in [0, 1] their place in "
+        "the user's own chronological order (1: latest): a user's next choices resemble their latest ones. "
+        "0: equal weights."))
     watch_reg: float = Field(1e-4, ge=0, description="L2 penalty on latent item factors (per train interaction).")
     watch_method: Literal["auto", "dense", "sampled"] = Field(
         "auto", description="dense: every unobserved item is a negative; sampled: fresh negatives each step.")
@@ -291,6 +296,18 @@ def _fit_ratings(train: InteractionLog, st: _Stats, choice: ChoiceConfig, cfg: C
     return _RatingFit(T, G, b)
 
 
+def _user_position(log: InteractionLog, mask: np.ndarray) -> np.ndarray:
+    """Place in ``[0, 1]`` of each ``mask`` row in its user's chronological order (1: the user's latest)."""
+    idx = np.flatnonzero(mask)
+    u = log.user[idx].astype(np.int64)
+    order = np.lexsort((idx, log.timestamp[idx], u))  # by user, then time (row order breaks ties)
+    n_u = np.bincount(u, minlength=log.n_users)
+    start = np.concatenate([[0], np.cumsum(n_u)[:-1]])
+    rank = np.empty(idx.size, dtype=np.float64)
+    rank[order] = np.arange(idx.size) - start[u[order]]
+    return rank / np.maximum(n_u[u] - 1, 1)
+
+
 def _predict_ratings(fit: _RatingFit, st: _Stats, choice: ChoiceConfig, u: np.ndarray, i: np.ndarray,
                      offset: float = 0.0) -> np.ndarray:
     w = choice.rating_conformity * st.traits[u, 1]
@@ -338,8 +355,17 @@ def _fit_watch(train: InteractionLog, st: _Stats, choice: ChoiceConfig, cfg: Cal
     u, i = train.user.astype(np.int64), train.item.astype(np.int64)
     uniq = np.unique(u * ni + i)  # repeated interactions count once
     pu, pi = uniq // ni, uniq % ni
-    n_pos_u = np.bincount(pu, minlength=nu).astype(np.float64)
-    n_total = float(len(uniq))
+    wpos = np.ones(len(uniq), dtype=np.float32)
+    if cfg.watch_recency > 0:  # weight of each (user, item): its latest interaction's place in the user's order
+        q = _user_position(train, np.ones(len(train), dtype=bool))
+        key = u * ni + i
+        at = np.searchsorted(uniq, key)
+        qmax = np.zeros(len(uniq))
+        np.maximum.at(qmax, at, q)
+        wpos = np.exp(cfg.watch_recency * (qmax - 1.0)).astype(np.float32)
+        wpos *= len(wpos) / wpos.sum()
+    n_pos_u = np.bincount(pu, wpos, minlength=nu).astype(np.float64)
+    n_total = float(wpos.sum())
     active = n_pos_u > 0
     # Negatives get weight (positives / negatives) per user: a class-balanced loss, times neg_weight.
     wneg = (neg_weight * n_pos_u / np.maximum(ni - n_pos_u, 1)).astype(np.float32)
@@ -348,6 +374,8 @@ def _fit_watch(train: InteractionLog, st: _Stats, choice: ChoiceConfig, cfg: Cal
     if method == "dense":
         pos = np.zeros((nu, ni), dtype=bool)
         pos[pu, pi] = True
+        posw = np.zeros((nu, ni), dtype=np.float32)
+        posw[pu, pi] = wpos
         chunk = max(1, int(4_000_000 // max(ni, 1)))
         for _ in range(cfg.watch_iters):
             F[:, :k] = L
@@ -359,7 +387,7 @@ def _fit_watch(train: InteractionLog, st: _Stats, choice: ChoiceConfig, cfg: Cal
                 S += (user_const[sl, None] + item_const[None, :] + conf[sl, None] * pop_c[None, :]).astype(np.float32)
                 P = 1.0 / (1.0 + np.exp(-S))
                 Y = pos[sl]
-                Gm = np.where(Y, P - 1.0, P * wneg[sl, None]).astype(np.float32)
+                Gm = np.where(Y, (P - 1.0) * posw[sl], P * wneg[sl, None]).astype(np.float32)
                 Gm[~active[sl]] = 0.0
                 gT[sl] = scale * (Gm @ F)
                 gF += scale * (Gm.T @ T[sl])
@@ -385,7 +413,7 @@ def _fit_watch(train: InteractionLog, st: _Stats, choice: ChoiceConfig, cfg: Cal
             I = np.concatenate([pi, ni_])
             S = scale * np.einsum("nd,nd->n", T[U], F[I]) + user_const[U] + item_const[I] + conf[U] * pop_c[I]
             P = 1.0 / (1.0 + np.exp(-S))
-            g = np.concatenate([P[: len(pu)] - 1.0, P[len(pu):] * neg_weight]).astype(np.float32) / n_total
+            g = np.concatenate([(P[: len(pu)] - 1.0) * wpos, P[len(pu):] * neg_weight]).astype(np.float32) / n_total
             gT = scale * _group_sum(U, g[:, None] * F[I], nu).astype(np.float32)
             gF = scale * _group_sum(I, g[:, None] * T[U], ni).astype(np.float32)
             opt.step([gT, gF[:, :k] + cfg.watch_reg * L])
@@ -402,13 +430,13 @@ def _watch_logits(fit: _WatchFit, st: _Stats, choice: ChoiceConfig, u: np.ndarra
 
 
 def _best_shift(fit: _WatchFit, st: _Stats, choice: ChoiceConfig, fit_log: InteractionLog, val: InteractionLog,
-                rng: np.random.Generator) -> float:
-    """The logit shift that maximises per-user 1:1 accuracy on the validation slice."""
+                rng: np.random.Generator) -> tuple[float, float]:
+    """The logit shift that maximises per-user 1:1 accuracy on the validation slice, and that accuracy."""
     ni = val.n_items
     u, i = val.user.astype(np.int64), val.item.astype(np.int64)
     seen = np.zeros((val.n_users, ni), dtype=bool) if val.n_users * ni <= 50_000_000 else None
     if seen is None:
-        return 0.0
+        return 0.0, float("nan")
     seen[fit_log.user, fit_log.item] = True
     seen[u, i] = True
     neg = rng.integers(0, ni, size=len(u))
@@ -427,7 +455,7 @@ def _best_shift(fit: _WatchFit, st: _Stats, choice: ChoiceConfig, fit_log: Inter
         a = float(np.mean(acc / (2.0 * n_u[has])))
         if a > best_acc + 1e-9 or (abs(a - best_acc) <= 1e-9 and abs(shift) < abs(best)):
             best, best_acc = float(shift), a
-    return best
+    return best, best_acc
 
 
 def _best_noise(pred: np.ndarray, real: np.ndarray, seed: int) -> float:
@@ -596,9 +624,10 @@ def calibrate(train: InteractionLog, config: CalibrationConfig | dict | None = N
         if len(inner.test) and len(inner.train):
             st_in = _statistics(inner.train, cfg)
             wf, rf = _fit_all(inner.train, st_in, ch, cfg, scale, 1.0, seed + 7919)
-            shift = _best_shift(wf, st_in, ch, inner.train, inner.test, np.random.default_rng([seed, 3]))
+            shift, val_acc = _best_shift(wf, st_in, ch, inner.train, inner.test, np.random.default_rng([seed, 3]))
             neg_weight = math.exp(-shift)
             report["validation_logit_shift"] = shift
+            report["validation_accuracy"] = val_acc
             if rf is not None:
                 ok = np.isfinite(inner.test.rating)
                 vu, vi = inner.test.user[ok].astype(np.int64), inner.test.item[ok].astype(np.int64)
