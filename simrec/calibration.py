@@ -36,9 +36,14 @@ What is estimated, and how it maps onto the embedded model (``simrec.cognition.e
 
 from __future__ import annotations
 
+import hashlib
 import json
+import logging
 import math
+import os
+import shutil
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Literal
@@ -55,6 +60,10 @@ from simrec.world import World
 
 DEFAULT_DATA_DIR = "../shared/datasets/ml-100k"
 SESSION_GAP_S = 3600
+#: Bump when :func:`calibrate` gives a different world for the same inputs (invalidates on-disk caches).
+CALIBRATION_VERSION = 1
+
+logger = logging.getLogger(__name__)
 
 
 class CalibrationConfig(BaseModel):
@@ -751,6 +760,12 @@ class MovieLensWorldConfig(BaseModel):
     choice: dict[str, Any] | None = Field(
         None, description="The choice model to calibrate for; default: the movielens-v0 spec's 'choice' section.")
     max_users: int | None = Field(None, ge=1, description="Keep only the first max_users users (quick experiments).")
+    cache: bool = Field(True, description=(
+        "Reuse a calibrated world from the on-disk cache when every input of the calibration (train split, "
+        "settings, choice model, seed, simrec's calibration version) is the same."))
+    cache_dir: str | None = Field(None, description=(
+        "Cache directory; default: $SIMREC_CACHE_DIR, else $XDG_CACHE_HOME/simrec or ~/.cache/simrec. "
+        "SIMREC_CACHE_DIR=off disables caching."))
 
     @field_validator("variant", mode="before")
     @classmethod
@@ -804,12 +819,19 @@ def load_and_split(settings: MovieLensWorldConfig) -> tuple[InteractionLog, Spli
 
 def build_calibrated_world(settings: MovieLensWorldConfig, seed: int = 0,
                            choice: ChoiceConfig | None = None) -> CalibratedWorld:
-    """Load, split and calibrate; the world keeps the log and split for evaluation."""
+    """Load, split and calibrate (or reuse the on-disk cache, see :class:`WorldCache`); the world keeps
+    the log and split for evaluation."""
     log, split = load_and_split(settings)
     ch = choice or (ChoiceConfig(**settings.choice) if settings.choice else default_choice())
-    cal = calibrate(split.train, settings.calibration, ch, seed=seed, validation=settings.split)
+    store = WorldCache.from_settings(settings)
+    key = calibration_key(split.train, settings, ch, seed)
+    cal = store.load(key) if store is not None else None
+    if cal is None:
+        cal = calibrate(split.train, settings.calibration, ch, seed=seed, validation=settings.split)
+        if store is not None:
+            store.save(key, cal)
     return CalibratedWorld(cal.catalog, cal.personas, log=log, split=split, user_index=cal.user_index,
-                           report={**cal.report, "split": split.summary()})
+                           report={**cal.report, "split": split.summary(), "cache_key": key})
 
 
 def world_from_config(cfg: Any) -> World:  # cfg: simrec.spec.WorldConfig
@@ -824,3 +846,111 @@ def save_calibration(world: CalibratedWorld, directory: str | Path) -> None:
     world.catalog.save(d / "catalog.json")
     world.personas.save(d / "personas.json")
     (d / "report.json").write_text(json.dumps(world.report, indent=1, default=str), encoding="utf-8")
+
+
+# -- on-disk cache ---------------------------------------------------------------------------------
+
+
+def log_fingerprint(log: InteractionLog) -> str:
+    """SHA-256 of everything :func:`calibrate` can read from ``log`` (rows, item and user tables)."""
+    h = hashlib.sha256()
+    for a in (log.user, log.item, log.rating, log.weight, log.timestamp, log.items.years, log.users.ages):
+        h.update(np.ascontiguousarray(a).tobytes())
+        h.update(b"|")
+    tables = [log.name, log.items.ids, log.items.titles, log.items.texts, log.items.genres, log.items.genre_names,
+              log.items.attributes, log.users.ids, log.users.genders, log.users.occupations, log.users.attributes]
+    h.update(json.dumps(tables, sort_keys=True, default=str).encode("utf-8"))
+    return h.hexdigest()
+
+
+def calibration_key(train: InteractionLog, settings: MovieLensWorldConfig, choice: ChoiceConfig, seed: int) -> str:
+    """Cache key of a calibration: the train split's content and every setting that shapes the result.
+
+    Only the train split enters (as in :func:`calibrate`): the key, like the world, cannot depend on
+    test rows. Paths do not enter, so a moved dataset still hits.
+    """
+    inputs = {"version": CALIBRATION_VERSION, "train": log_fingerprint(train), "seed": seed,
+              "calibration": settings.calibration.model_dump(), "validation": settings.split.model_dump(),
+              "choice": choice.model_dump()}
+    return hashlib.sha256(json.dumps(inputs, sort_keys=True, default=str).encode("utf-8")).hexdigest()[:32]
+
+
+def default_cache_dir() -> Path | None:
+    """``$SIMREC_CACHE_DIR`` (``off``/``0``/``none``/empty: no cache), else the user's cache directory."""
+    env = os.environ.get("SIMREC_CACHE_DIR")
+    if env is not None:
+        return None if env.strip().lower() in ("", "0", "off", "none", "false") else Path(env).expanduser()
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "simrec"
+
+
+class WorldCache:
+    """Calibrated worlds on disk, one directory per :func:`calibration_key`.
+
+    An entry is the catalog and persona pack (the same JSON files :func:`save_calibration` writes,
+    readable with ``Catalog.load``/``PersonaPack.load``) plus ``meta.json``. Entries are written to a
+    temporary directory and renamed into place, so readers never see half an entry; an unreadable
+    entry is reported, removed and recalibrated.
+    """
+
+    def __init__(self, root: str | Path) -> None:
+        self.root = Path(root).expanduser() / "worlds"
+
+    @classmethod
+    def from_settings(cls, settings: MovieLensWorldConfig) -> "WorldCache | None":
+        if not settings.cache:
+            return None
+        root = Path(settings.cache_dir) if settings.cache_dir else default_cache_dir()
+        return cls(root) if root is not None else None
+
+    def path(self, key: str) -> Path:
+        return self.root / key
+
+    def load(self, key: str) -> Calibration | None:
+        d = self.path(key)
+        if not d.is_dir():
+            return None
+        try:
+            meta = json.loads((d / "meta.json").read_text(encoding="utf-8"))
+            if meta.get("key") != key:
+                raise ValueError(f"meta.json holds key {meta.get('key')!r}")
+            cal = Calibration(Catalog.load(d / "catalog.json"), PersonaPack.load(d / "personas.json"),
+                              np.asarray(meta["user_index"], dtype=np.int64),
+                              {**meta["report"], "cache": "hit", "cache_path": str(d)})
+            if len(cal.user_index) != len(cal.personas.personas):
+                raise ValueError("user_index and personas differ in length")
+            return cal
+        except Exception as e:  # a damaged entry must not stop a run: recalibrate and overwrite it
+            msg = f"calibration cache entry {d} is unreadable ({type(e).__name__}: {e}); recalibrating"
+            logger.warning(msg)
+            warnings.warn(msg, RuntimeWarning, stacklevel=2)
+            shutil.rmtree(d, ignore_errors=True)
+            return None
+
+    def save(self, key: str, cal: Calibration) -> Path | None:
+        """Write an entry; a failure (read-only disk, ...) is logged and the run goes on uncached."""
+        final = self.path(key)
+        tmp = self.root / f".{key}.{os.getpid()}.tmp"
+        try:
+            tmp.mkdir(parents=True, exist_ok=True)
+            cal.catalog.save(tmp / "catalog.json")
+            cal.personas.save(tmp / "personas.json")
+            meta = {"key": key, "version": CALIBRATION_VERSION, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                    "user_index": cal.user_index.tolist(), "report": cal.report}
+            (tmp / "meta.json").write_text(json.dumps(meta, default=str), encoding="utf-8")
+            try:
+                os.replace(tmp, final)
+            except OSError:  # another process wrote the same entry first: theirs is as good
+                shutil.rmtree(tmp, ignore_errors=True)
+            cal.report["cache"] = "stored"
+            return final
+        except OSError as e:
+            logger.warning("could not write calibration cache entry %s: %s", final, e)
+            shutil.rmtree(tmp, ignore_errors=True)
+            return None
+
+    def clear(self) -> int:
+        """Remove every entry; returns how many there were."""
+        n = len([p for p in self.root.iterdir() if p.is_dir()]) if self.root.is_dir() else 0
+        shutil.rmtree(self.root, ignore_errors=True)
+        return n

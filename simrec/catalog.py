@@ -46,6 +46,9 @@ class CatalogFile(BaseModel):
     name: str = "catalog"
     topics: list[str] = Field(min_length=1, description="All topic names; item topics must be among them.")
     items: list[Item] = Field(min_length=1)
+    normalize: bool = Field(True, description=(
+        "Scale feature vectors to unit length on load. Files written by Catalog.save hold final features and "
+        "say false (calibrated catalogs are not unit-norm)."))
 
 
 class Catalog:
@@ -145,7 +148,8 @@ class Catalog:
 
     # -- files ----------------------------------------------------------------------------------
     @classmethod
-    def from_items(cls, items: Sequence[Item], topics: Sequence[str], name: str = "catalog") -> "Catalog":
+    def from_items(cls, items: Sequence[Item], topics: Sequence[str], name: str = "catalog",
+                   normalize: bool = True) -> "Catalog":
         dims = {len(it.features) for it in items}
         if len(dims) != 1:
             raise ConfigError(f"catalog '{name}': all items need features of one length, found lengths {sorted(dims)}")
@@ -161,6 +165,7 @@ class Catalog:
             popularity=np.array([it.popularity for it in items], dtype=np.float32),
             attributes=[it.attributes for it in items],
             name=name,
+            normalize=normalize,
         )
 
     @classmethod
@@ -173,12 +178,13 @@ class Catalog:
         except ValidationError as e:
             raise format_validation_error(path, e) from None
         try:
-            return cls.from_items(cf.items, cf.topics, name=cf.name)
+            return cls.from_items(cf.items, cf.topics, name=cf.name, normalize=cf.normalize)
         except ConfigError as e:  # cross-item checks: name the file too
             raise ConfigError(f"{path}: {e}") from None
 
     def save(self, path: str | Path) -> None:
-        cf = CatalogFile(name=self.name, topics=self.topic_names, items=[self.item(i) for i in range(len(self))])
+        cf = CatalogFile(name=self.name, topics=self.topic_names, items=[self.item(i) for i in range(len(self))],
+                         normalize=False)
         Path(path).write_text(cf.model_dump_json(indent=1), encoding="utf-8")
 
     def __repr__(self) -> str:

@@ -264,6 +264,31 @@ def cmd_world(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_cache(args: argparse.Namespace) -> int:
+    from simrec.calibration import WorldCache, default_cache_dir
+
+    root = Path(args.dir) if args.dir else default_cache_dir()
+    if root is None:
+        print("the calibrated-world cache is off (SIMREC_CACHE_DIR=off)")
+        return 0
+    store = WorldCache(root)
+    entries = sorted(p for p in store.root.iterdir() if p.is_dir()) if store.root.is_dir() else []
+    if args.clear:
+        print(f"removed {store.clear()} calibrated world(s) from {store.root}")
+        return 0
+    size = sum(f.stat().st_size for e in entries for f in e.iterdir())
+    print(f"{store.root}: {len(entries)} calibrated world(s), {size / 2**20:.1f} MiB")
+    for e in entries:
+        try:
+            meta = json.loads((e / "meta.json").read_text(encoding="utf-8"))
+            rep = meta.get("report", {})
+            print(f"  {e.name}  {meta.get('created', '?')}  {len(meta.get('user_index', []))} users, "
+                  f"{rep.get('train_interactions', '?')} train interactions, calibrated in {rep.get('seconds', '?')}s")
+        except (OSError, ValueError) as err:
+            print(f"  {e.name}  unreadable ({err}); it is recalibrated on next use")
+    return 0
+
+
 def cmd_inspect(args: argparse.Namespace) -> int:
     from simrec.analysis import format_summary, per_user, summarize
     from simrec.trajectory import read_trajectories
@@ -396,6 +421,11 @@ def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
     p.add_argument("--spec", metavar="FILE")
     p.add_argument("--data-dir", metavar="DIR", help="dataset directory of a data-backed world (e.g. MovieLens)")
     p.set_defaults(func=cmd_world)
+
+    p = sub.add_parser("cache", help="list (or --clear) the on-disk cache of calibrated worlds")
+    p.add_argument("--clear", action="store_true", help="remove every cached world")
+    p.add_argument("--dir", metavar="DIR", help="cache directory (default: $SIMREC_CACHE_DIR or ~/.cache/simrec)")
+    p.set_defaults(func=cmd_cache)
 
     p = sub.add_parser("inspect", help="summarise a trajectory log")
     p.add_argument("path", metavar="DIR")

@@ -573,6 +573,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--temperature", type=float, default=None)
     g.add_argument("--cache-path", default=None, help="SQLite record/replay cache of LLM calls")
     g.add_argument("--backend-config", metavar="JSON", default=None, help="extra LLM backend config as JSON")
+    p.add_argument("--no-cache", action="store_true",
+                   help="calibrate afresh instead of reusing the on-disk cache of calibrated worlds")
     p.add_argument("--quiet", action="store_true")
 
 
@@ -616,6 +618,8 @@ def run_cli(args: argparse.Namespace) -> int:
              if v is not None}
     if split:
         world["split"] = split
+    if args.no_cache:
+        world["cache"] = False
     if world:
         spec = spec.with_overrides(world=world)
     settings = movielens_settings(spec.world)

@@ -19,6 +19,17 @@ from simrec.spec import EnvSpec
 from simrec.world import World
 
 
+@pytest.fixture(scope="session", autouse=True)
+def no_world_cache():
+    """Calibrated worlds are cached on disk by default; tests calibrate afresh unless they opt in
+    (tests/test_world_cache.py), so that nothing is written to the home directory and no test
+    compares a world with a cached copy of itself."""
+    mp = pytest.MonkeyPatch()
+    mp.setenv("SIMREC_CACHE_DIR", "off")
+    yield
+    mp.undo()
+
+
 @pytest.fixture(scope="session")
 def spec() -> EnvSpec:
     """The built-in ``synthetic-v0`` spec."""
