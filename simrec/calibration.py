@@ -31,7 +31,8 @@ What is estimated, and how it maps onto the embedded model (``simrec.cognition.e
 * **Persona descriptions** in plain language from the train history (template; an OpenAI-compatible
   model may rewrite them, see :func:`enrich_descriptions`).
 
-``world_from_config`` is the ``kind: movielens`` world builder used by ``simrec/MovieLens-v0``.
+``world_from_config`` is the ``kind: movielens`` world builder used by ``simrec/MovieLens-v0``;
+calibrated worlds are cached on disk (:class:`WorldCache`, keyed by :func:`calibration_key`).
 """
 
 from __future__ import annotations
