@@ -44,6 +44,7 @@ import math
 import os
 import shutil
 import time
+import uuid
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -907,6 +908,11 @@ class WorldCache:
     def path(self, key: str) -> Path:
         return self.root / key
 
+    def entries(self) -> list[Path]:
+        """Complete entries (directories being written are hidden until renamed)."""
+        return sorted(p for p in self.root.iterdir() if p.is_dir() and not p.name.startswith(".")) \
+            if self.root.is_dir() else []
+
     def load(self, key: str) -> Calibration | None:
         d = self.path(key)
         if not d.is_dir():
@@ -931,7 +937,7 @@ class WorldCache:
     def save(self, key: str, cal: Calibration) -> Path | None:
         """Write an entry; a failure (read-only disk, ...) is logged and the run goes on uncached."""
         final = self.path(key)
-        tmp = self.root / f".{key}.{os.getpid()}.tmp"
+        tmp = self.root / f".{key}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp"  # unique per writer
         try:
             tmp.mkdir(parents=True, exist_ok=True)
             cal.catalog.save(tmp / "catalog.json")
@@ -952,6 +958,6 @@ class WorldCache:
 
     def clear(self) -> int:
         """Remove every entry; returns how many there were."""
-        n = len([p for p in self.root.iterdir() if p.is_dir()]) if self.root.is_dir() else 0
+        n = len(self.entries())
         shutil.rmtree(self.root, ignore_errors=True)
         return n

@@ -272,7 +272,7 @@ def cmd_cache(args: argparse.Namespace) -> int:
         print("the calibrated-world cache is off (SIMREC_CACHE_DIR=off)")
         return 0
     store = WorldCache(root)
-    entries = sorted(p for p in store.root.iterdir() if p.is_dir()) if store.root.is_dir() else []
+    entries = store.entries()
     if args.clear:
         print(f"removed {store.clear()} calibrated world(s) from {store.root}")
         return 0

@@ -127,3 +127,17 @@ def test_cache_command_lists_and_clears(tmp_path, data, capsys):
     assert "removed 1 calibrated world(s)" in capsys.readouterr().out
     assert main(["cache", "--dir", str(tmp_path / "c")]) == 0
     assert "0 calibrated world(s)" in capsys.readouterr().out
+
+
+def test_concurrent_writers_leave_one_complete_entry(tmp_path, data):
+    """Vector-env workers may calibrate the same world at once: every writer succeeds, one entry remains."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(3) as ex:
+        worlds = list(ex.map(lambda _: build_calibrated_world(_settings(data, tmp_path / "c"), seed=0), range(3)))
+    store = WorldCache(tmp_path / "c")
+    assert [p.name for p in store.entries()] == [worlds[0].report["cache_key"]]
+    assert not [p for p in store.root.iterdir() if p.name.startswith(".")]  # no temporary directories left
+    for w in worlds[1:]:
+        _assert_same_world(worlds[0], w)
+    assert build_calibrated_world(_settings(data, tmp_path / "c"), seed=0).report["cache"] == "hit"
