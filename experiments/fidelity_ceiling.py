@@ -30,7 +30,7 @@ import numpy as np
 
 from simrec.calibration import _ridge_by_group, build_calibrated_world, movielens_settings
 from simrec.cognition.embedded import EmbeddedCognition
-from simrec.fidelity import FidelityConfig, build_eval_set
+from simrec.fidelity import FidelityConfig, build_eval_set, classification_metrics
 from simrec.population import Population
 from simrec.spec import EnvSpec
 
@@ -46,10 +46,9 @@ def per_user_auc(u: np.ndarray, sp: np.ndarray, sn: np.ndarray) -> float:
 
 
 def acc_at(u: np.ndarray, sp: np.ndarray, sn: np.ndarray, t: float) -> float:
-    n = np.bincount(u)
-    has = n > 0
-    right = np.bincount(u, sp > t, n.size) + np.bincount(u, sn <= t, n.size)
-    return float(np.mean(right[has] / (2 * n[has])))
+    """The harness's per-user accuracy when everything scoring above ``t`` is watched."""
+    label = np.r_[np.ones(sp.size, bool), np.zeros(sn.size, bool)]
+    return classification_metrics(np.r_[u, u], label, np.r_[sp, sn] > t, int(u.max()) + 1)["acc"]
 
 
 def best_global(u: np.ndarray, sp: np.ndarray, sn: np.ndarray) -> float:
