@@ -7,7 +7,7 @@ Measures
   * single env: steps/s of ``gymnasium.make("simrec/Synthetic-v0")`` (slate 5 of 50 candidates),
     with pre-drawn valid random slates, and including the random agent's own sampling;
   * batched: user-steps/s of ``make_vec(..., num_envs=1024, vectorization_mode="vector_entry_point")``;
-  * PPO: stable-baselines3 PPO timesteps/s (rollout + training) through ``simrec.sb3.SB3VecEnv``
+  * PPO: stable-baselines3 PPO timesteps/s (rollout + training) through ``simrec.envs.sb3.SB3VecEnv``
     (16 users, n_steps 128, batch 256, 4 epochs, MlpPolicy on flattened observations), and with
     SB3's default hyperparameters on one ``FlattenObservation(RepairSlate(env))``;
   * peak resident memory of the process.
@@ -63,7 +63,7 @@ def ppo(timesteps: int, num_envs: int) -> float:
     import torch
     from stable_baselines3 import PPO
 
-    from simrec.sb3 import SB3VecEnv
+    from simrec.envs.sb3 import SB3VecEnv
 
     torch.set_num_threads(1)  # small MLPs: threading overhead outweighs the gain on 2 cores
     venv = SB3VecEnv.make("simrec/Synthetic-v0", num_envs=num_envs, seed=0, flatten=True)
@@ -80,7 +80,7 @@ def ppo_single_default(timesteps: int) -> float:
     from gymnasium.wrappers import FlattenObservation
     from stable_baselines3 import PPO
 
-    from simrec.wrappers import RepairSlate
+    from simrec.envs.wrappers import RepairSlate
 
     torch.set_num_threads(1)
     env = FlattenObservation(RepairSlate(gym.make("simrec/Synthetic-v0")))

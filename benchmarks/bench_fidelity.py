@@ -19,9 +19,9 @@ import tempfile
 import time
 from pathlib import Path
 
-from simrec.calibration import build_calibrated_world, movielens_settings
-from simrec.fidelity import FidelityConfig, run_fidelity
-from simrec.spec import EnvSpec
+from simrec.data.calibration import build_calibrated_world, movielens_settings
+from simrec.data.fidelity import FidelityConfig, run_fidelity
+from simrec.envs.spec import EnvSpec
 
 
 def main() -> int:

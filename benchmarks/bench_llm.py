@@ -38,8 +38,8 @@ sys.path.insert(0, str(ROOT / "tests"))
 
 from simrec.cognition.embedded import EmbeddedCognition  # noqa: E402
 from simrec.cognition.llm import LLMCognition  # noqa: E402
-from simrec.env import SlateEnv  # noqa: E402
-from simrec.vector import SlateVectorEnv  # noqa: E402
+from simrec.envs.slate_env import SlateEnv  # noqa: E402
+from simrec.envs.vector_env import SlateVectorEnv  # noqa: E402
 
 NO_REFLECT = {"reflect_every": 0, "reflect_at_session_end": False}
 
@@ -140,8 +140,8 @@ def _drive(be: LLMCognition, n: int, steps: int) -> float:
 
 # ----------------------------------------------------------------------------------------------
 def bench_prompt(steps: int, warmup: int) -> dict:
-    from simrec.local_llm import local_backend_config, local_server
-    from simrec.prompting import approx_tokens
+    from simrec.llm.local_server import local_backend_config, local_server
+    from simrec.llm.prompting import approx_tokens
 
     with local_server() as url:
         be = LLMCognition(local_backend_config(url, **NO_REFLECT), env={})

@@ -5,16 +5,16 @@
         --base-url http://127.0.0.1:8000/v1 --model my-model --max-users 100 --max-positives 10
     python experiments/fidelity.py --data path/to/ml-1m --variant ml-1m
 
-Same options as ``simrec fidelity`` (see ``simrec.fidelity``); results go to
+Same options as ``simrec fidelity`` (see ``simrec.data.fidelity``); results go to
 ``runs/fidelity/fidelity.json`` and ``runs/fidelity/fidelity.md`` unless ``--json``/``--markdown``
-say otherwise. Protocols, baselines and metric definitions are in the ``simrec.fidelity`` docstring.
+say otherwise. Protocols, baselines and metric definitions are in the ``simrec.data.fidelity`` docstring.
 """
 
 from __future__ import annotations
 
 import sys
 
-from simrec.fidelity import main
+from simrec.data.fidelity import main
 
 if __name__ == "__main__":
     argv = sys.argv[1:]

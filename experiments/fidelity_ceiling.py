@@ -28,11 +28,11 @@ import time
 
 import numpy as np
 
-from simrec.calibration import _ridge_by_group, build_calibrated_world, movielens_settings
+from simrec.data.calibration import _ridge_by_group, build_calibrated_world, movielens_settings
 from simrec.cognition.embedded import EmbeddedCognition
-from simrec.fidelity import FidelityConfig, build_eval_set, classification_metrics
-from simrec.population import Population
-from simrec.spec import EnvSpec
+from simrec.data.fidelity import FidelityConfig, build_eval_set, classification_metrics
+from simrec.users.population import Population
+from simrec.envs.spec import EnvSpec
 
 
 def per_user_auc(u: np.ndarray, sp: np.ndarray, sn: np.ndarray) -> float:

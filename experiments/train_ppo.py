@@ -4,9 +4,9 @@
     python experiments/train_ppo.py --timesteps 1000000 --save runs/ppo.zip
     python experiments/train_ppo.py --policy mlp        # plain MLP over the flattened observation
 
-Training runs on simrec's natively batched population (:class:`simrec.sb3.SB3VecEnv`: the same
+Training runs on simrec's natively batched population (:class:`simrec.envs.sb3.SB3VecEnv`: the same
 observations as ``gymnasium.wrappers.FlattenObservation``, and the slate made valid as by
-:class:`simrec.wrappers.RepairSlate` or :class:`simrec.wrappers.TopKScores`). Evaluation runs the
+:class:`simrec.envs.wrappers.RepairSlate` or :class:`simrec.envs.wrappers.TopKScores`). Evaluation runs the
 frozen policy on the single-user ``SlateEnv`` through ``FlattenObservation(RepairSlate(env))``
 (or ``TopKScores``) via :class:`simrec.recommenders.SB3Policy`, next to random, popular and LinUCB
 with the same seeds and number of sessions, and prints CTR, session length and return.
@@ -130,8 +130,8 @@ class _Tile(nn.Module):
 
 # -- experiment -----------------------------------------------------------------------------------
 def train(args: argparse.Namespace) -> PPO:
-    from simrec.sb3 import SB3VecEnv
-    from simrec.spec import EnvSpec
+    from simrec.envs.sb3 import SB3VecEnv
+    from simrec.envs.spec import EnvSpec
 
     spec = EnvSpec.builtin("synthetic-v0")
     venv = SB3VecEnv.make(ENV_ID, num_envs=args.num_envs, seed=args.seed, action=args.action, flatten=True)
@@ -155,9 +155,9 @@ def evaluate(model: PPO, args: argparse.Namespace) -> dict[str, dict[str, float]
     from gymnasium.wrappers import FlattenObservation
 
     from simrec.cli import run_recommender
-    from simrec.env import SlateEnv
+    from simrec.envs.slate_env import SlateEnv
     from simrec.recommenders import SB3Policy, make_recommender
-    from simrec.wrappers import RepairSlate, TopKScores
+    from simrec.envs.wrappers import RepairSlate, TopKScores
 
     names = ["random", "popular", "linucb", "ppo"]
     results: dict[str, list[dict[str, float]]] = {n: [] for n in names}

@@ -1,14 +1,18 @@
 """simrec: simulated users for training and stress-testing recommender systems.
 
-Importing simrec registers its Gymnasium environments (``simrec/Synthetic-v0``, ...).
+Importing simrec registers its Gymnasium environments (``simrec/Synthetic-v0``, ``simrec/MovieLens-v0``).
+
+The package, bottom layer first (each may import only the layers before it; ``tests/test_layers.py``
+checks this): ``errors``/``version``, ``catalog``, ``users``, ``llm``, ``cognition``, ``envs``, ``data``,
+``trajectory``, ``recommenders``, ``analysis``, then ``cli`` and this facade. ``simrec.sb3`` and
+``simrec.wrappers`` are short public paths into ``simrec.envs``.
 """
 
 from simrec.catalog import Catalog, Item
-from simrec.persona import Persona, PersonaPack, Traits
-from simrec.registration import register_envs
-from simrec.spec import EnvSpec
-
-__version__ = "0.1.0"
+from simrec.envs.registration import register_envs
+from simrec.envs.spec import EnvSpec
+from simrec.users.persona import Persona, PersonaPack, Traits
+from simrec.version import __version__
 
 register_envs()
 

@@ -16,14 +16,13 @@ import math
 import os
 import sys
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from simrec.errors import SimrecError
 
 RECOMMENDER_NAMES = ("random", "popular", "greedy", "egreedy", "linucb")
-LOCAL_LLM_HINT = "pip install -e .[local-llm]"
 
 
 class CLIError(SimrecError):
@@ -32,9 +31,9 @@ class CLIError(SimrecError):
 
 # -- helpers --------------------------------------------------------------------------------------
 def resolve_env_spec(name: str | None, spec_file: str | None = None) -> Any:
-    """An :class:`~simrec.spec.EnvSpec` from ``--spec FILE`` or ``--env`` (a Gymnasium id such as
+    """An :class:`~simrec.envs.spec.EnvSpec` from ``--spec FILE`` or ``--env`` (a Gymnasium id such as
     ``simrec/Synthetic-v0``, a built-in name such as ``synthetic-v0``, or a JSON path)."""
-    from simrec.spec import EnvSpec, builtin_specs
+    from simrec.envs.spec import EnvSpec, builtin_specs
 
     if spec_file:
         return EnvSpec.load(spec_file)
@@ -64,38 +63,16 @@ def _spec_overrides(args: argparse.Namespace, backend_config: dict[str, Any] | N
     return o
 
 
-@contextlib.contextmanager
-def llm_endpoint(args: argparse.Namespace) -> Iterator[dict[str, Any] | None]:
-    """The LLM backend config for ``--backend llm``: ``--base-url``/``--model``, the environment's
-    endpoint (``SIMREC_LLM_BASE_URL``/``OPENAI_BASE_URL``), or else the bundled local model, started
-    for the duration (``simrec.local_llm.local_server``). ``None`` for other backends."""
-    if getattr(args, "backend", None) != "llm":
-        yield None
-        return
-    cfg = {"model": args.model} if args.model else {}
-    if args.base_url or os.environ.get("SIMREC_LLM_BASE_URL") or os.environ.get("OPENAI_BASE_URL"):
-        yield dict(cfg, base_url=args.base_url) if args.base_url else cfg
-        return
-    try:
-        from simrec.local_llm import local_backend_config, local_server
-    except ImportError as e:
-        raise CLIError(f"--backend llm without --base-url runs a bundled local model, which is unavailable ({e}). "
-                       f"Fix: {LOCAL_LLM_HINT}, or pass --base-url of an OpenAI-compatible server.") from None
-    print("starting the bundled local LLM server on 127.0.0.1 ...", file=sys.stderr)
-    cm = local_server()
-    try:
-        url = cm.__enter__()
-    except SimrecError as e:
-        raise CLIError(f"could not start the bundled local LLM: {e}\nFix: {LOCAL_LLM_HINT}") from None
-    try:
-        yield local_backend_config(url, **cfg)
-    finally:
-        cm.__exit__(*sys.exc_info())
+def llm_endpoint(args: argparse.Namespace) -> contextlib.AbstractContextManager[dict[str, Any] | None]:
+    """:func:`simrec.llm.endpoint.llm_endpoint` for the parsed ``--backend/--base-url/--model`` flags."""
+    from simrec.llm.endpoint import llm_endpoint as endpoint
+
+    return endpoint(getattr(args, "backend", None), getattr(args, "base_url", None), getattr(args, "model", None))
 
 
 def make_env(args: argparse.Namespace, backend_config: dict[str, Any] | None = None) -> Any:
-    """A :class:`~simrec.env.SlateEnv` for the parsed ``--env/--spec`` and override flags."""
-    from simrec.env import SlateEnv
+    """A :class:`~simrec.envs.slate_env.SlateEnv` for the parsed ``--env/--spec`` and override flags."""
+    from simrec.envs.slate_env import SlateEnv
 
     spec = resolve_env_spec(getattr(args, "env", None), getattr(args, "spec", None))
     overrides = _spec_overrides(args, backend_config)
@@ -108,8 +85,8 @@ def load_policy(path: str, algo: str, env: Any) -> Any:
     """A stable-baselines3 model from ``path`` as a recommender for ``env``.
 
     The wrappers are inferred from the model's spaces: a ``Box`` action means per-candidate scores
-    (:class:`~simrec.wrappers.TopKScores`), a ``MultiDiscrete`` one repaired slates
-    (:class:`~simrec.wrappers.RepairSlate`); a flat ``Box`` observation means ``FlattenObservation``.
+    (:class:`~simrec.envs.wrappers.TopKScores`), a ``MultiDiscrete`` one repaired slates
+    (:class:`~simrec.envs.wrappers.RepairSlate`); a flat ``Box`` observation means ``FlattenObservation``.
     """
     try:
         import stable_baselines3 as sb3
@@ -119,7 +96,7 @@ def load_policy(path: str, algo: str, env: Any) -> Any:
     from gymnasium.wrappers import FlattenObservation
 
     from simrec.recommenders import SB3Policy
-    from simrec.wrappers import RepairSlate, TopKScores
+    from simrec.envs.wrappers import RepairSlate, TopKScores
 
     cls = getattr(sb3, algo.upper(), None)
     if cls is None:
@@ -233,7 +210,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_envs(args: argparse.Namespace) -> int:
-    from simrec.spec import EnvSpec, builtin_specs
+    from simrec.envs.spec import EnvSpec, builtin_specs
 
     specs = [EnvSpec.builtin(n) for n in builtin_specs()]
     if args.json:
@@ -249,7 +226,7 @@ def cmd_envs(args: argparse.Namespace) -> int:
 
 
 def cmd_world(args: argparse.Namespace) -> int:
-    from simrec.registration import build_world
+    from simrec.envs.registration import build_world
 
     spec = resolve_env_spec(args.env, args.spec)
     if args.data_dir:
@@ -265,7 +242,7 @@ def cmd_world(args: argparse.Namespace) -> int:
 
 
 def cmd_cache(args: argparse.Namespace) -> int:
-    from simrec.calibration import WorldCache, default_cache_dir
+    from simrec.data.calibration import WorldCache, default_cache_dir
 
     root = Path(args.dir) if args.dir else default_cache_dir()
     if root is None:
@@ -354,11 +331,11 @@ def cmd_fidelity(args: argparse.Namespace) -> int:
 
 def _import_fidelity() -> Any:
     try:  # import_module reads sys.modules, so a substituted module is honoured
-        fid = importlib.import_module("simrec.fidelity")
+        fid = importlib.import_module("simrec.data.fidelity")
     except ImportError as e:
-        raise CLIError(f"`simrec fidelity` is unavailable: simrec.fidelity could not be imported ({e}).") from None
+        raise CLIError(f"`simrec fidelity` is unavailable: simrec.data.fidelity could not be imported ({e}).") from None
     if not hasattr(fid, "add_arguments") or not hasattr(fid, "run_cli"):
-        raise CLIError("`simrec fidelity` is unavailable: simrec.fidelity has no add_arguments/run_cli.")
+        raise CLIError("`simrec fidelity` is unavailable: simrec.data.fidelity has no add_arguments/run_cli.")
     return fid
 
 
@@ -380,7 +357,7 @@ def _add_env_args(p: argparse.ArgumentParser, *, llm: bool = True) -> None:
 
 
 def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
-    from simrec import __version__
+    from simrec.version import __version__
 
     parser = argparse.ArgumentParser(
         prog="simrec", description="Train and stress-test recommender systems against simulated users.")
@@ -439,9 +416,9 @@ def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true")
     p.set_defaults(func=cmd_replay)
 
-    # simrec.fidelity (and its data dependencies) is imported only when this command is used
+    # simrec.data.fidelity (and its data dependencies) is imported only when this command is used
     argv = list(sys.argv[1:] if argv is None else argv)
-    p = sub.add_parser("fidelity", help="measure simulator fidelity against real ratings (see simrec.fidelity)")
+    p = sub.add_parser("fidelity", help="measure simulator fidelity against real ratings (see simrec.data.fidelity)")
     p.set_defaults(func=cmd_fidelity)
     parser.set_defaults(fidelity_error=None)
     if argv and argv[0] == "fidelity":

@@ -11,12 +11,12 @@ from typing import Any, Callable
 import numpy as np
 import pytest
 
-from simrec.persona import Persona, PersonaPack, Traits
-from simrec.population import Population
-from simrec.registration import build_world
-from simrec.simulator import Simulator
-from simrec.spec import EnvSpec
-from simrec.world import World
+from simrec.users.persona import Persona, PersonaPack, Traits
+from simrec.users.population import Population
+from simrec.envs.registration import build_world
+from simrec.envs.simulator import Simulator
+from simrec.envs.spec import EnvSpec
+from simrec.users.world import World
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -6,7 +6,7 @@
   too late), malformed JSON, schema-violating JSON and out-of-slate choices. It counts what it
   injected so tests can check that every fault was counted by the client.
 * ``llama_server`` fixture: the bundled SmolLM2-135M GGUF behind ``python -m llama_cpp.server``,
-  via :func:`simrec.local_llm.local_server`. It FAILS (never skips) when llama.cpp is missing.
+  via :func:`simrec.llm.local_server.local_server`. It FAILS (never skips) when llama.cpp is missing.
 
 Run ``python tests/llm_servers.py --latency 0.25`` to serve the fake in its own process (prints
 ``PORT <n>``; stops on SIGTERM, or when stdin closes with ``--watch-stdin``). The benchmarks do that so the server does
@@ -369,7 +369,7 @@ if pytest is not None:
             import llama_cpp.server  # noqa: F401
         except ImportError as e:
             pytest.fail(f"{e}\n{LLAMA_INSTALL}", pytrace=False)
-        from simrec.local_llm import local_server
+        from simrec.llm.local_server import local_server
 
         with local_server() as url:
             yield url

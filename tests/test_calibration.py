@@ -15,7 +15,7 @@ import pytest
 
 import simrec  # noqa: F401  (registers the envs)
 from llm_servers import fake_server  # noqa: F401,F811  (fixture)
-from simrec.calibration import (
+from simrec.data.calibration import (
     CalibratedWorld,
     MovieLensWorldConfig,
     build_calibrated_world,
@@ -26,13 +26,13 @@ from simrec.calibration import (
     world_from_config,
 )
 from simrec.cognition.embedded import EmbeddedCognition
-from simrec.datasets import load_dataset, split_log
-from simrec.env import SlateEnv
+from simrec.data.datasets import load_dataset, split_log
+from simrec.envs.slate_env import SlateEnv
 from simrec.errors import ConfigError
-from simrec.population import Population
-from simrec.prompting import build_decision_messages, build_judge_messages
-from simrec.sanitize import Sanitizer
-from simrec.spec import EnvSpec, WorldConfig
+from simrec.users.population import Population
+from simrec.llm.prompting import build_decision_messages, build_judge_messages
+from simrec.llm.sanitize import Sanitizer
+from simrec.envs.spec import EnvSpec, WorldConfig
 
 ML100K = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "ml-100k"
 QUICK = {"watch_iters": 40, "rating_iters": 4, "choice_factors": 8}
@@ -242,7 +242,7 @@ def test_movielens_env_via_gymnasium_make(subset):
 
 @pytest.mark.data
 def test_movielens_vector_env(subset):
-    from simrec.vector import SlateVectorEnv
+    from simrec.envs.vector_env import SlateVectorEnv
 
     venv = SlateVectorEnv(4, "movielens-v0", data_dir=str(subset), world={"calibration": QUICK})
     obs, _ = venv.reset(seed=0)

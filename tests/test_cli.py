@@ -12,8 +12,8 @@ import pytest
 
 from simrec.catalog import Catalog
 from simrec.cli import main
-from simrec.persona import PersonaPack
-from simrec.spec import EnvSpec
+from simrec.users.persona import PersonaPack
+from simrec.envs.spec import EnvSpec
 from simrec.trajectory import read_trajectories
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -107,22 +107,22 @@ def test_inspect_and_replay(tmp_path: Path, capsys: pytest.CaptureFixture) -> No
 
 
 def test_fidelity_delegates_or_explains(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture) -> None:
-    fake = types.ModuleType("simrec.fidelity")
+    fake = types.ModuleType("simrec.data.fidelity")
     seen = {}
     fake.add_arguments = lambda p: p.add_argument("--ratings", required=True)  # type: ignore[attr-defined]
     fake.run_cli = lambda args: seen.setdefault("ratings", args.ratings) and 0  # type: ignore[attr-defined]
-    monkeypatch.setitem(sys.modules, "simrec.fidelity", fake)
+    monkeypatch.setitem(sys.modules, "simrec.data.fidelity", fake)
     assert main(["fidelity", "--ratings", "r.csv"]) == 0 and seen == {"ratings": "r.csv"}
-    monkeypatch.setitem(sys.modules, "simrec.fidelity", None)  # import fails
+    monkeypatch.setitem(sys.modules, "simrec.data.fidelity", None)  # import fails
     assert main(["fidelity", "--anything"]) == 2
-    assert "simrec.fidelity" in capsys.readouterr().err
+    assert "simrec.data.fidelity" in capsys.readouterr().err
 
 
 def test_llm_demo_without_local_llm_names_the_extra(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture,
                                                    tmp_path: Path) -> None:
     for var in ("SIMREC_LLM_BASE_URL", "OPENAI_BASE_URL"):
         monkeypatch.delenv(var, raising=False)
-    monkeypatch.setitem(sys.modules, "simrec.local_llm", None)
+    monkeypatch.setitem(sys.modules, "simrec.llm.local_server", None)
     assert main(["demo", "--backend", "llm", "--out", str(tmp_path / "d"), "--no-progress"]) == 2
     assert "pip install -e .[local-llm]" in capsys.readouterr().err
 
@@ -145,8 +145,8 @@ def test_run_saved_sb3_policy(tmp_path: Path, capsys: pytest.CaptureFixture) -> 
     sb3 = pytest.importorskip("stable_baselines3")
     from gymnasium.wrappers import FlattenObservation
 
-    from simrec.env import SlateEnv
-    from simrec.wrappers import TopKScores
+    from simrec.envs.slate_env import SlateEnv
+    from simrec.envs.wrappers import TopKScores
 
     model = sb3.PPO("MlpPolicy", FlattenObservation(TopKScores(SlateEnv())), n_steps=16, batch_size=16, device="cpu")
     model.save(tmp_path / "ppo.zip")

@@ -16,7 +16,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from simrec.datasets import (
+from simrec.data.datasets import (
     ARCHIVES,
     DataFormatError,
     GenericFormat,

@@ -11,11 +11,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from simrec import dynamics as dyn
+from simrec.users import dynamics as dyn
 from simrec.catalog import Catalog
 from simrec.cognition.base import SOURCE_EMBEDDED, ResponseBatch
 from simrec.cognition.embedded import ChoiceConfig, EmbeddedCognition
-from simrec.dynamics import (
+from simrec.users.dynamics import (
     BoredomConfig,
     DriftConfig,
     Dynamics,
@@ -23,9 +23,9 @@ from simrec.dynamics import (
     FatigueConfig,
     SatisfactionConfig,
 )
-from simrec.persona import Persona, PersonaPack, Traits
-from simrec.population import Population
-from simrec.state import UserState
+from simrec.users.persona import Persona, PersonaPack, Traits
+from simrec.users.population import Population
+from simrec.users.state import UserState
 
 D = 16  # feature dim of the default world
 

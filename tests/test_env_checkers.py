@@ -16,14 +16,14 @@ from gymnasium.utils.env_checker import check_env as gym_check_env
 from gymnasium.wrappers import FlattenObservation
 
 import simrec  # noqa: F401  (registers the envs)
-from simrec.env import SlateEnv
+from simrec.envs.slate_env import SlateEnv
 from simrec.errors import InvalidActionError
 
 sb3 = pytest.importorskip("stable_baselines3")
 from stable_baselines3 import DQN, PPO  # noqa: E402
 from stable_baselines3.common.env_checker import check_env as sb3_check_env  # noqa: E402
 
-from simrec.wrappers import RepairSlate, TopKScores  # noqa: E402
+from simrec.envs.wrappers import RepairSlate, TopKScores  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

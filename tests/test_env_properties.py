@@ -12,7 +12,8 @@ from gymnasium import spaces
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from simrec.env import SlateEnv, SlateSpace
+from simrec.envs.slate_env import SlateEnv
+from simrec.envs.spaces import SlateSpace
 from simrec.errors import InvalidActionError
 
 N_CAND = 50

@@ -14,9 +14,9 @@ import numpy as np
 import pytest
 
 from llm_servers import fake_server  # noqa: F401,F811  (fixture)
-from simrec.calibration import CalibratedWorld, MovieLensWorldConfig, build_calibrated_world
+from simrec.data.calibration import CalibratedWorld, MovieLensWorldConfig, build_calibrated_world
 from simrec.cognition.base import JudgeBatch, ResponseBatch
-from simrec.fidelity import (
+from simrec.data.fidelity import (
     TABLE_METRICS,
     FidelityConfig,
     build_eval_set,
@@ -29,7 +29,7 @@ from simrec.fidelity import (
     star_histogram,
     total_variation,
 )
-from simrec.spec import EnvSpec
+from simrec.envs.spec import EnvSpec
 
 ML100K = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "ml-100k"
 QUICK = {"watch_iters": 40, "rating_iters": 4, "choice_factors": 8}

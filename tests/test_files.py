@@ -15,11 +15,11 @@ import pytest
 
 import simrec
 from simrec.catalog import Catalog
-from simrec.env import SlateEnv
+from simrec.envs.slate_env import SlateEnv
 from simrec.errors import ConfigError
-from simrec.persona import PersonaPack, builtin_packs
-from simrec.spec import EnvSpec, builtin_specs, resolve_spec
-from simrec.world import synthetic_personas
+from simrec.users.persona import PersonaPack, builtin_packs
+from simrec.envs.spec import EnvSpec, builtin_specs, resolve_spec
+from simrec.users.world import synthetic_personas
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -18,10 +18,10 @@ from hypothesis import strategies as st
 from llm_servers import FakeOpenAIServer
 from simrec.catalog import Catalog
 from simrec.cognition.llm import LLMCognition
-from simrec.persona import Persona, PersonaPack, Traits
-from simrec.sanitize import LeakageError
-from simrec.simulator import Simulator
-from simrec.spec import EnvSpec
+from simrec.users.persona import Persona, PersonaPack, Traits
+from simrec.llm.sanitize import LeakageError
+from simrec.envs.simulator import Simulator
+from simrec.envs.spec import EnvSpec
 
 N_ITEMS, TOPICS = 40, ["alpha topic", "beta topic", "gamma topic"]
 
@@ -63,7 +63,7 @@ def test_no_forbidden_string_reaches_the_server(server, titles, ids, held, mode,
     for h in held:
         if any(titles[h].lower() in t.lower() for j, t in enumerate(titles) if j != h):
             return
-    from simrec.world import World
+    from simrec.users.world import World
 
     cat, pack = _world(titles, ids)
     spec = EnvSpec(id="simrec/Leak-v0", world={"kind": "synthetic", "n_items": N_ITEMS},

@@ -19,14 +19,14 @@ from hypothesis import strategies as st
 
 import simrec  # noqa: F401  (registers the envs)
 from llm_servers import FakeOpenAIServer, fake_server, schema_instance  # noqa: F401  (fixture)
-from simrec.cache import CacheMissError
+from simrec.llm.cache import CacheMissError
 from simrec.cognition import make_backend
 from simrec.cognition.base import SOURCE_CACHE, SOURCE_FALLBACK, SOURCE_LLM
 from simrec.cognition.llm import LLMCognition, decision_schema, judge_schema, reflection_schema
-from simrec.env import SlateEnv
+from simrec.envs.slate_env import SlateEnv
 from simrec.errors import ConfigError
-from simrec.llm import LLMConfig, LLMFatalError, PriceTable, _retry_after
-from simrec.prompting import (JudgeReply, ReflectionReply, SlateDecision, decision_to_arrays,
+from simrec.llm.client import LLMConfig, LLMFatalError, PriceTable, _retry_after
+from simrec.llm.prompting import (JudgeReply, ReflectionReply, SlateDecision, decision_to_arrays,
                               judge_to_arrays)
 
 RECORD_KEYS = {"call_id", "user", "user_id", "kind", "model", "base_url", "params", "seed", "messages", "raw_reply",
@@ -264,7 +264,7 @@ def test_structured_output_negotiation(fake_server):
 def test_concurrency_limit(fake_server):
     srv = fake_server(latency_s=0.05)
     be = backend(srv.base_url, concurrency=4)
-    from simrec.vector import SlateVectorEnv
+    from simrec.envs.vector_env import SlateVectorEnv
 
     venv = SlateVectorEnv(12, backend=be)
     venv.reset(seed=0)
@@ -399,7 +399,7 @@ def test_fingerprint_replay_matches_a_full_rebuild(fake_server, tmp_path):
 def test_local_server_missing_install_says_how_to_install(monkeypatch):
     import importlib.util
 
-    from simrec import local_llm
+    from simrec.llm import local_server as local_llm
 
     real = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "llama_cpp" else real(name, *a))

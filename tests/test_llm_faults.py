@@ -8,7 +8,7 @@ import numpy as np
 from llm_servers import CONTENT_FAULTS, HTTP_FAULTS, fake_server  # noqa: F401  (fixture)
 from simrec.cognition.base import SOURCE_FALLBACK, SOURCE_LLM
 from simrec.cognition.llm import LLMCognition
-from simrec.vector import SlateVectorEnv
+from simrec.envs.vector_env import SlateVectorEnv
 
 FAULTS = {"rate_limit": 0.05, "server_error": 0.04, "timeout": 0.02, "malformed": 0.03,
           "schema_violation": 0.03, "out_of_slate": 0.03}  # 20% of requests

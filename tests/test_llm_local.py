@@ -15,8 +15,8 @@ import pytest
 from llm_servers import llama_server  # noqa: F401  (fixture)
 from simrec.cognition.base import SOURCE_CACHE, SOURCE_LLM
 from simrec.cognition.llm import LLMCognition
-from simrec.env import SlateEnv
-from simrec.local_llm import LOCAL_MODEL_ALIAS, bundled_model_path, local_backend_config
+from simrec.envs.slate_env import SlateEnv
+from simrec.llm.local_server import LOCAL_MODEL_ALIAS, bundled_model_path, local_backend_config
 
 pytestmark = pytest.mark.llm
 

@@ -6,8 +6,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from simrec.env import SlateEnv
-from simrec.memory import MemoryBank, MemoryRecord
+from simrec.envs.slate_env import SlateEnv
+from simrec.users.memory import MemoryBank, MemoryRecord
 
 T = 20  # topics in the default world
 

@@ -10,16 +10,16 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from simrec.env import SlateEnv
-from simrec.persona import Persona, Traits
-from simrec.population import Population
-from simrec.prompting import (
+from simrec.envs.slate_env import SlateEnv
+from simrec.users.persona import Persona, Traits
+from simrec.users.population import Population
+from simrec.llm.prompting import (
     BOREDOM_A_LOT, BOREDOM_FED_UP, FATIGUE_EXHAUSTED, FATIGUE_TIRED, MAX_NOTES_CHARS, ItemDecision, ItemJudgement,
     JudgeReply, ReflectionReply, SlateDecision, approx_tokens, build_decision_messages, build_judge_messages,
     build_reflection_messages, decision_to_arrays, describe_state, judge_to_arrays, persona_text,
 )
-from simrec.sanitize import REDACTED, LeakageError, Sanitizer
-from simrec.world import build_world
+from simrec.llm.sanitize import REDACTED, LeakageError, Sanitizer
+from simrec.users.world import build_world
 
 
 @pytest.fixture(scope="module")

@@ -8,7 +8,7 @@ from gymnasium import spaces
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from simrec.env import SlateEnv
+from simrec.envs.slate_env import SlateEnv
 from simrec.recommenders import (
     RECOMMENDERS,
     LinUCBRecommender,
@@ -166,7 +166,7 @@ def test_sb3_policy_adapter_gives_valid_slates() -> None:
     sb3 = pytest.importorskip("stable_baselines3")
     from gymnasium.wrappers import FlattenObservation
 
-    from simrec.wrappers import RepairSlate, TopKScores
+    from simrec.envs.wrappers import RepairSlate, TopKScores
 
     base = SlateEnv(max_steps=5)
     for wrap in (TopKScores, RepairSlate):

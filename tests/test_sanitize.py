@@ -12,12 +12,12 @@ from hypothesis import strategies as st
 
 from simrec.catalog import Catalog
 from simrec.errors import SimrecError
-from simrec.population import Population
-from simrec.sanitize import (
+from simrec.users.population import Population
+from simrec.llm.sanitize import (
     ARTICLES, COMMON_WORDS, DROPPED, REDACTED, WITHHELD, AuditResult, LeakageError, SanitizeConfig, Sanitizer,
     display_title, normalize_title, title_variants,
 )
-from simrec.world import build_world
+from simrec.users.world import build_world
 
 
 @pytest.fixture(scope="module")

@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 
 from simrec.analysis import intra_list_diversity, novelty, per_user, summarize
 from simrec.cognition.embedded import EmbeddedCognition
-from simrec.env import SlateEnv
+from simrec.envs.slate_env import SlateEnv
 from simrec.recommenders import make_recommender, run_episodes
 from simrec.trajectory import (
     SCHEMA_VERSION,
@@ -109,7 +109,7 @@ def test_replay_handles_options_midrun_seeds_and_empty_sessions() -> None:
 
 
 def test_records_bare_env_positions_under_topk_wrapper(tmp_path: Path) -> None:
-    from simrec.wrappers import TopKScores
+    from simrec.envs.wrappers import TopKScores
 
     env = Recorder(TopKScores(SlateEnv(max_steps=5)), None)
     env.reset(seed=0)
@@ -123,7 +123,7 @@ def test_flush_every_and_killed_process_keeps_finished_episodes(tmp_path: Path) 
     log = tmp_path / "log"
     script = textwrap.dedent(f"""
         import sys
-        from simrec.env import SlateEnv
+        from simrec.envs.slate_env import SlateEnv
         from simrec.trajectory import Recorder
         from simrec.recommenders import make_recommender
         env = Recorder(SlateEnv(max_steps=10), {str(log)!r}, flush_every=2)
@@ -189,7 +189,7 @@ def test_compaction_is_equivalent_and_crash_safe(tmp_path: Path) -> None:
 
 
 def test_failed_write_raises_and_loses_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import simrec.trajectory as T
+    import simrec.trajectory.recorder as T
 
     log = tmp_path / "log"
     env = Recorder(SlateEnv(max_steps=5), log, flush_every=100)
@@ -291,7 +291,7 @@ def test_calls_table_links_calls_to_steps(tmp_path: Path) -> None:
 
 
 def test_vector_recorder(tmp_path: Path) -> None:
-    from simrec.vector import SlateVectorEnv
+    from simrec.envs.vector_env import SlateVectorEnv
 
     venv = VectorRecorder(SlateVectorEnv(num_envs=4, max_steps=6), tmp_path / "vlog")
     rng = np.random.default_rng(0)

@@ -7,7 +7,7 @@ from gymnasium.vector import AutoresetMode
 
 import simrec  # noqa: F401
 from simrec.errors import InvalidActionError
-from simrec.wrappers import repair_slates
+from simrec.envs.wrappers import repair_slates
 
 
 def make(n=32, **kw):
@@ -20,7 +20,7 @@ def random_slates(rng, n, c=50, k=5):
 
 def test_make_vec_is_native_batched():
     env = make(16)
-    from simrec.vector import SlateVectorEnv
+    from simrec.envs.vector_env import SlateVectorEnv
 
     assert isinstance(env.unwrapped, SlateVectorEnv)
     assert env.metadata["autoreset_mode"] == AutoresetMode.SAME_STEP
@@ -87,7 +87,7 @@ def test_invalid_actions_raise():
 
 
 def test_population_must_fit_slots():
-    from simrec.vector import SlateVectorEnv
+    from simrec.envs.vector_env import SlateVectorEnv
 
     with pytest.raises(ValueError, match="population_size"):
         SlateVectorEnv(num_envs=10, population_size=5)
@@ -115,7 +115,7 @@ def test_sb3_adapter_trains_ppo_on_the_batched_population():
     pytest.importorskip("stable_baselines3")
     from stable_baselines3 import PPO
 
-    from simrec.sb3 import SB3VecEnv
+    from simrec.envs.sb3 import SB3VecEnv
 
     venv = SB3VecEnv.make("simrec/Synthetic-v0", num_envs=8, seed=0)
     assert venv.num_envs == 8
@@ -131,7 +131,7 @@ def test_sb3_adapter_flattening_matches_gymnasium():
     pytest.importorskip("stable_baselines3")
     from gymnasium import spaces
 
-    from simrec.sb3 import SB3VecEnv
+    from simrec.envs.sb3 import SB3VecEnv
 
     flat = SB3VecEnv.make("simrec/Synthetic-v0", num_envs=3, seed=2, flatten=True)
     obs = flat.reset()

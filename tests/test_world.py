@@ -6,12 +6,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from simrec.persona import PersonaPack
-from simrec.population import TRAIT_NAMES, Population
-from simrec.registration import build_world
-from simrec.spec import WorldConfig
-from simrec.state import initial_taste, topic_directions
-from simrec.world import TOPICS, World, synthetic_catalog, synthetic_personas, world_from_config
+from simrec.users.persona import PersonaPack
+from simrec.users.population import TRAIT_NAMES, Population
+from simrec.envs.registration import build_world
+from simrec.envs.spec import WorldConfig
+from simrec.users.state import initial_taste, topic_directions
+from simrec.users.world import TOPICS, World, synthetic_catalog, synthetic_personas, world_from_config
 
 
 def _catalog_arrays(cat) -> dict[str, object]:

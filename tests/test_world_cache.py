@@ -9,8 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from simrec import calibration
-from simrec.calibration import MovieLensWorldConfig, WorldCache, build_calibrated_world, default_cache_dir
+from simrec.data import calibration
+from simrec.data.calibration import MovieLensWorldConfig, WorldCache, build_calibrated_world, default_cache_dir
 from simrec.catalog import Catalog
 
 from test_calibration import QUICK, _assert_same_world, _generic_log

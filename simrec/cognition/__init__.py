@@ -1,4 +1,10 @@
-"""Cognition backends: turn (persona, state, memory, slate) batches into responses."""
+"""Cognition backends: turn (persona, state, memory, slate) batches into responses.
+
+``base`` (the ``CognitionBackend`` protocol: ``decide`` and ``judge``, ``ResponseBatch``), ``embedded``
+(the vectorised multinomial-logit choice model, the default), ``llm`` (an LLM playing each persona, through
+``simrec.llm``). A new choice model is a new module here implementing the protocol, named in
+:func:`make_backend`. This package may import ``simrec.llm``, ``simrec.users`` and below.
+"""
 
 from simrec.cognition.base import CognitionBackend, JudgeBatch, ResponseBatch
 from simrec.cognition.embedded import ChoiceConfig, EmbeddedCognition

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 import numpy as np
 
 if TYPE_CHECKING:
-    from simrec.population import Population
+    from simrec.users.population import Population
 
 #: ``ResponseBatch.source`` codes.
 SOURCE_EMBEDDED, SOURCE_LLM, SOURCE_FALLBACK, SOURCE_CACHE = 0, 1, 2, 3

@@ -23,11 +23,11 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from simrec.cognition.base import SOURCE_EMBEDDED, JudgeBatch, ResponseBatch
-from simrec.state import rows
+from simrec.users.state import rows
 
 if TYPE_CHECKING:
     from simrec.catalog import Catalog
-    from simrec.population import Population
+    from simrec.users.population import Population
 
 
 class ChoiceConfig(BaseModel):

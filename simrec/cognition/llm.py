@@ -1,9 +1,9 @@
 """The LLM cognition backend: an LLM plays each user's persona, constrained by the numeric state.
 
-For every row of a batch the backend renders a prompt (:mod:`simrec.prompting`: persona, state in
+For every row of a batch the backend renders a prompt (:mod:`simrec.llm.prompting`: persona, state in
 plain language, memories retrieved for this slate, reflection notes, the numbered page), passes it
-through the :class:`~simrec.sanitize.Sanitizer`, and asks for JSON matching a schema
-(:class:`~simrec.prompting.SlateDecision`). All rows of a batch are sent concurrently. Every
+through the :class:`~simrec.llm.sanitize.Sanitizer`, and asks for JSON matching a schema
+(:class:`~simrec.llm.prompting.SlateDecision`). All rows of a batch are sent concurrently. Every
 reply is validated; an invalid one gets one repair request quoting the error; a row still without
 a valid reply (or whose request failed after retries) is answered by the embedded backend,
 counted in ``stats()["fallbacks"]``, logged, and marked ``SOURCE_FALLBACK``. Nothing is ever
@@ -37,14 +37,14 @@ from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping, Sequence
 
 import numpy as np
 
-from simrec.cache import open_cache
+from simrec.llm.cache import open_cache
 from simrec.cognition.base import SOURCE_CACHE, SOURCE_FALLBACK, SOURCE_LLM, JudgeBatch, ResponseBatch
 from simrec.cognition.embedded import EmbeddedCognition
-from simrec.llm import AsyncRunner, Completion, LLMCallError, LLMClient, LLMConfig, PriceTable
+from simrec.llm.client import AsyncRunner, Completion, LLMCallError, LLMClient, LLMConfig, PriceTable
 
 if TYPE_CHECKING:
-    from simrec.population import Population
-    from simrec.sanitize import Sanitizer
+    from simrec.users.population import Population
+    from simrec.llm.sanitize import Sanitizer
 
 log = logging.getLogger("simrec.llm")
 
@@ -59,7 +59,7 @@ CONSUMPTION_LEVELS = [0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1]
 # ----------------------------------------------------------------------------------------------
 @functools.lru_cache(maxsize=64)
 def decision_schema(k: int, style: str = "tight", reason_chars: int = 200) -> dict:
-    """JSON schema of a :class:`~simrec.prompting.SlateDecision` reply for a page of ``k`` items
+    """JSON schema of a :class:`~simrec.llm.prompting.SlateDecision` reply for a page of ``k`` items
     (cached: do not modify the returned dict).
 
     ``tight`` fixes the items to positions 1..k in order, makes a rating or consumption on an
@@ -91,7 +91,7 @@ def decision_schema(k: int, style: str = "tight", reason_chars: int = 200) -> di
 
 @functools.lru_cache(maxsize=64)
 def judge_schema(k: int, style: str = "tight", reason_chars: int = 200) -> dict:
-    """JSON schema of a :class:`~simrec.prompting.JudgeReply` for ``k`` items."""
+    """JSON schema of a :class:`~simrec.llm.prompting.JudgeReply` for ``k`` items."""
     if style == "tight":
         items = {"type": "array", "items": False, "minItems": k, "maxItems": k, "prefixItems": [
             _obj({"item": {"const": j}, "watch": {"type": "boolean"},
@@ -106,7 +106,7 @@ def judge_schema(k: int, style: str = "tight", reason_chars: int = 200) -> dict:
 
 @functools.lru_cache(maxsize=16)
 def reflection_schema(style: str = "tight", note_chars: int = 150) -> dict:
-    """JSON schema of a :class:`~simrec.prompting.ReflectionReply`."""
+    """JSON schema of a :class:`~simrec.llm.prompting.ReflectionReply`."""
     s: dict = {"type": "string"} if style != "tight" else {"type": "string", "maxLength": note_chars}
     return _obj({"taste_notes": s, "feeling": dict(s)})
 
@@ -131,12 +131,12 @@ def _code_digest() -> bytes:
     """Hash of the code that renders prompts: a changed prompt builder invalidates fingerprints."""
     global _CODE_DIGEST
     if _CODE_DIGEST is None:
-        import simrec.memory
-        import simrec.prompting
-        import simrec.sanitize
+        import simrec.users.memory
+        import simrec.llm.prompting
+        import simrec.llm.sanitize
 
         h = hashlib.blake2b(digest_size=16)
-        for mod in (simrec.prompting, simrec.sanitize, simrec.memory):
+        for mod in (simrec.llm.prompting, simrec.llm.sanitize, simrec.users.memory):
             h.update(Path(str(mod.__file__)).read_bytes())
         h.update(Path(__file__).read_bytes())
         _CODE_DIGEST = h.digest()
@@ -335,7 +335,7 @@ class LLMCognition:
             if self.client.cache is not None:
                 self.client.cache = open_cache(self.client.cache.path, self.client.cache.mode)
         if self._sanitizer is None or self._san_pop != id(pop):
-            from simrec.sanitize import Sanitizer
+            from simrec.llm.sanitize import Sanitizer
 
             self._sanitizer = Sanitizer.for_population(pop, self.config.sanitize, self._held_out)
             self._san_pop = id(pop)
@@ -353,7 +353,7 @@ class LLMCognition:
     # -- protocol ------------------------------------------------------------------------------
     def decide(self, pop: "Population", users: np.ndarray, slates: np.ndarray,
                rng: np.random.Generator) -> ResponseBatch:
-        from simrec.prompting import SlateDecision, build_decision_messages, decision_to_arrays
+        from simrec.llm.prompting import SlateDecision, build_decision_messages, decision_to_arrays
 
         self._prepare(pop)
         users = np.asarray(users)
@@ -396,7 +396,7 @@ class LLMCognition:
 
     def judge(self, pop: "Population", users: np.ndarray, items: np.ndarray,
               rng: np.random.Generator) -> JudgeBatch:
-        from simrec.prompting import JudgeReply, build_judge_messages, judge_to_arrays
+        from simrec.llm.prompting import JudgeReply, build_judge_messages, judge_to_arrays
 
         self._prepare(pop)
         users = np.asarray(users)
@@ -487,7 +487,7 @@ class LLMCognition:
             self._reflect(pop, due)
 
     def _reflect(self, pop: "Population", users: list[int]) -> None:
-        from simrec.prompting import ReflectionReply, build_reflection_messages
+        from simrec.llm.prompting import ReflectionReply, build_reflection_messages
 
         cfg = self.config
 

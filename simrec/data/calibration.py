@@ -1,0 +1,963 @@
+"""Calibrate a simrec world (catalog + personas) from a real interaction log.
+
+Everything is estimated from the **train split only** (each user's earlier interactions, see
+:func:`simrec.data.datasets.split_log`); :func:`calibrate` never receives the test rows, and a test
+shows that changing them leaves the world bit-identical.
+
+What is estimated, and how it maps onto the embedded model (``simrec.cognition.embedded``):
+
+* **Item statistics**: ``quality`` = the item's mean train rating shrunk toward the global mean,
+  mapped to [0, 1]; ``popularity`` = the percentile of its train interaction count.
+* **Traits** measured as Agent4Rec does, as percentiles over users: ``activity`` from the rating
+  count, ``conformity`` from how close the user's ratings are to the items' mean ratings (for
+  implicit logs: how popular the user's items are), ``diversity`` from the entropy of the user's
+  genres, ``pickiness`` from how far below the items' means the user rates, ``patience`` from the
+  user's average session length (interactions less than an hour apart).
+* **Choice** (watch / no watch): a logistic factor model fitted to the train interactions against
+  every unobserved item (class-balanced per user) whose logit *is* the embedded model's
+  ``utility - no-click utility`` for a fresh user: ``affinity * <taste, f>`` over the choice
+  dimensions plus the model's fixed quality, popularity x conformity, novelty and no-click terms.
+  Item choice features are ``[latent factors, genre shares, 1]``; taste is kept unit-norm and
+  features inside [-1, 1], as the simulator requires. With ``watch_recency`` a user's later train
+  interactions weigh more (their next choices look more like their latest ones).
+* **Ratings**: a biased factor model with unit-norm user factors fitted by alternating least
+  squares, written into the last ``choice.rating_dims`` feature dimensions (the embedded model then
+  rates ``crowd + (1 - w) (rating_scale * affinity * <taste, f> + bias + ...)``); the user bias
+  becomes ``Persona.rating_bias``.
+* **Temporal validation**: the last part of each user's train interactions is held out once to
+  measure how later interactions differ (later items are less popular and rated lower); the
+  decision threshold (via the negative class weight) and a rating offset are set from it, then
+  everything is refitted on the whole train split.
+* **Persona descriptions** in plain language from the train history (template; an OpenAI-compatible
+  model may rewrite them, see :func:`enrich_descriptions`).
+
+``world_from_config`` is the ``kind: movielens`` world builder used by ``simrec/MovieLens-v0``;
+calibrated worlds are cached on disk (:class:`WorldCache`, keyed by :func:`calibration_key`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import os
+import shutil
+import time
+import uuid
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Literal
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from simrec.catalog import Catalog
+from simrec.cognition.embedded import ChoiceConfig
+from simrec.data.datasets import GenericFormat, InteractionLog, Split, SplitConfig, load_dataset, split_log
+from simrec.errors import ConfigError, format_validation_error
+from simrec.users.persona import Persona, PersonaPack, Traits
+from simrec.users.world import World
+
+DEFAULT_DATA_DIR = "../shared/datasets/ml-100k"
+SESSION_GAP_S = 3600
+#: Bump when :func:`calibrate` gives a different world for the same inputs (invalidates on-disk caches).
+CALIBRATION_VERSION = 1
+
+logger = logging.getLogger(__name__)
+
+
+class CalibrationConfig(BaseModel):
+    """Settings of :func:`calibrate` (the ``world.calibration`` section of a movielens spec)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    choice_factors: int = Field(16, ge=1, description="Latent choice dimensions (before genres and the constant).")
+    rating_share: float = Field(0.5, gt=0, lt=1,
+                                description="Share of the taste vector's squared norm given to rating dims.")
+    genre_scale: float = Field(1.0, gt=0, le=1, description="Value of an item's genre shares in its features.")
+    intercept: float = Field(0.0, ge=0, le=1, description=(
+        "Value of a constant feature giving each user a free watch propensity (0: no such feature; the shared "
+        "direction makes taste drift raise everyone's propensity)."))
+    watch_iters: int = Field(150, ge=1)
+    watch_lr: float = Field(0.05, gt=0)
+    watch_recency: float = Field(0.0, ge=0, description=(
+        "A user's watched items weigh exp(watch_recency * (q - 1)) in the watch fit, q in [0, 1] their place in "
+        "the user's own chronological order (1: latest): a user's next choices resemble their latest ones. "
+        "0: equal weights."))
+    watch_reg: float = Field(1e-4, ge=0, description="L2 penalty on latent item factors (per train interaction).")
+    watch_method: Literal["auto", "dense", "sampled"] = Field(
+        "auto", description="dense: every unobserved item is a negative; sampled: fresh negatives each step.")
+    dense_limit: int = Field(40_000_000, ge=1, description="auto uses dense up to this many user x item cells.")
+    rating_iters: int = Field(10, ge=1)
+    rating_reg: float = Field(0.2, ge=0, description="ALS ridge penalty per rating.")
+    rating_bias_reg: float = Field(5.0, ge=0)
+    quality_shrinkage: float = Field(5.0, ge=0, description="Pseudo-ratings at the global mean in item means.")
+    validate_split: bool = Field(True, description="Set threshold and rating offset on a temporal validation slice.")
+    describe: Literal["template", "llm"] = "template"
+    describe_llm: dict[str, Any] = Field(default_factory=dict, description="base_url, model, api_key, ... for 'llm'.")
+    max_history_titles: int = Field(3, ge=0)
+
+
+@dataclass
+class Calibration:
+    """The output of :func:`calibrate`: the world plus what was measured on the way."""
+
+    catalog: Catalog
+    personas: PersonaPack
+    user_index: np.ndarray  # population index -> log user index
+    report: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class CalibratedWorld(World):
+    """A :class:`~simrec.users.world.World` built from a log, with the split it was calibrated on.
+
+    ``user_index[u]`` is the log's user index of population user ``u``; catalog indices equal the
+    log's item indices.
+    """
+
+    log: InteractionLog | None = None
+    split: Split | None = None
+    user_index: np.ndarray | None = None
+    report: dict[str, Any] = field(default_factory=dict)
+
+
+# -- small numeric helpers -------------------------------------------------------------------------
+
+
+def percentile_ranks(x: np.ndarray) -> np.ndarray:
+    """Percentile of each value in [0, 1] (ties share their average rank)."""
+    x = np.asarray(x, dtype=np.float64)
+    n = x.size
+    if n <= 1:
+        return np.full(n, 0.5)
+    order = np.argsort(x, kind="stable")
+    xs = x[order]
+    bounds = np.flatnonzero(np.r_[True, xs[1:] != xs[:-1], True])
+    ranks = np.empty(n)
+    for s, e in zip(bounds[:-1], bounds[1:]):
+        ranks[order[s:e]] = (s + e - 1) / 2.0
+    return ranks / (n - 1)
+
+
+def _group_sum(idx: np.ndarray, vals: np.ndarray, n: int) -> np.ndarray:
+    if vals.ndim == 1:
+        return np.bincount(idx, vals, n)
+    out = np.zeros((n, vals.shape[1]), dtype=np.float64)
+    np.add.at(out, idx, vals)
+    return out
+
+
+def _ridge_by_group(idx: np.ndarray, X: np.ndarray, y: np.ndarray, w: np.ndarray, n: int,
+                    lam: np.ndarray) -> np.ndarray:
+    """For every group g solve ``(X_g' W X_g + lam_g I) b = X_g' W y_g``; returns ``(n, k)``."""
+    k = X.shape[1]
+    order = np.argsort(idx, kind="stable")
+    s = idx[order]
+    starts = np.flatnonzero(np.r_[True, s[1:] != s[:-1]])
+    Xo, wo = X[order], w[order]
+    A = np.zeros((n, k * k))
+    A[s[starts]] = np.add.reduceat((Xo[:, :, None] * (Xo * wo[:, None])[:, None, :]).reshape(len(order), -1),
+                                   starts, axis=0)
+    B = np.zeros((n, k))
+    B[s[starts]] = np.add.reduceat(Xo * (wo * y[order])[:, None], starts, axis=0)
+    A = A.reshape(n, k, k) + lam[:, None, None] * np.eye(k)
+    return np.linalg.solve(A, B[..., None])[..., 0]
+
+
+class _Adam:
+    def __init__(self, params: list[np.ndarray], lr: float) -> None:
+        self.params, self.lr, self.t = params, lr, 0
+        self.m = [np.zeros_like(p) for p in params]
+        self.v = [np.zeros_like(p) for p in params]
+
+    def step(self, grads: list[np.ndarray]) -> None:
+        self.t += 1
+        c1, c2 = 1 - 0.9**self.t, 1 - 0.999**self.t
+        for p, g, m, v in zip(self.params, grads, self.m, self.v):
+            m *= 0.9
+            m += 0.1 * g
+            v *= 0.999
+            v += 0.001 * g * g
+            p -= (self.lr / c1) * m / (np.sqrt(v / c2) + 1e-8)
+
+
+def _unit_rows(x: np.ndarray) -> np.ndarray:
+    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+
+
+# -- item statistics and traits --------------------------------------------------------------------
+
+
+@dataclass
+class _Stats:
+    item_count: np.ndarray
+    popularity: np.ndarray
+    crowd: np.ndarray  # shrunk mean rating per item (stars)
+    quality: np.ndarray
+    global_mean: float
+    user_count: np.ndarray
+    traits: np.ndarray  # (n_users, 5) in TRAIT_NAMES order
+    genre_share: np.ndarray  # (n_users, n_genres)
+    user_mean: np.ndarray  # mean rating (NaN without ratings)
+    crowd_of_user: np.ndarray  # mean crowd rating of the user's items
+
+
+def _statistics(train: InteractionLog, cfg: CalibrationConfig) -> _Stats:
+    nu, ni = train.n_users, train.n_items
+    u, i = train.user.astype(np.int64), train.item.astype(np.int64)
+    rated = np.isfinite(train.rating)
+    item_count = np.bincount(i, minlength=ni).astype(np.float64)
+    user_count = np.bincount(u, minlength=nu).astype(np.float64)
+    popularity = percentile_ranks(item_count)
+    if rated.any():
+        r = train.rating[rated].astype(np.float64)
+        ur, ir = u[rated], i[rated]
+        mu = float(r.mean())
+        s_i = np.bincount(ir, r, ni)
+        n_i = np.bincount(ir, minlength=ni).astype(np.float64)
+        m = cfg.quality_shrinkage
+        crowd = (s_i + m * mu) / (n_i + m)
+        # Leave-one-out item means: a user is not "conforming" with an item mean made of their own rating.
+        loo = (s_i[ir] - r + m * mu) / (n_i[ir] - 1 + m)
+        dev = np.bincount(ur, (r - loo) ** 2, nu) / np.maximum(np.bincount(ur, minlength=nu), 1)
+        resid = np.bincount(ur, r - loo, nu) / np.maximum(np.bincount(ur, minlength=nu), 1)
+        has = np.bincount(ur, minlength=nu) > 0
+        conformity = np.full(nu, 0.5)
+        conformity[has] = 1.0 - percentile_ranks(dev[has])
+        pickiness = np.full(nu, 0.5)
+        pickiness[has] = 1.0 - percentile_ranks(resid[has])
+        user_mean = np.where(has, np.bincount(ur, r, nu) / np.maximum(np.bincount(ur, minlength=nu), 1), np.nan)
+        crowd_of_user = np.where(has, np.bincount(ur, crowd[ir], nu) / np.maximum(np.bincount(ur, minlength=nu), 1),
+                                 np.nan)
+    else:
+        mu = 3.0
+        crowd = np.full(ni, 3.0)
+        has = user_count > 0
+        mean_pop = np.bincount(u, popularity[i], nu) / np.maximum(user_count, 1)
+        conformity = np.full(nu, 0.5)
+        conformity[has] = percentile_ranks(mean_pop[has])
+        pickiness = np.full(nu, 0.5)
+        user_mean = np.full(nu, np.nan)
+        crowd_of_user = np.full(nu, np.nan)
+    active = user_count > 0
+    activity = np.full(nu, 0.5)
+    activity[active] = percentile_ranks(user_count[active])
+    G = train.items.genre_matrix().astype(np.float64)
+    share = _group_sum(u, G[i], nu)
+    share /= np.maximum(share.sum(axis=1, keepdims=True), 1e-12)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        ent = -np.nansum(np.where(share > 0, share * np.log(share), 0.0), axis=1)
+    diversity = np.full(nu, 0.5)
+    diversity[active] = percentile_ranks(ent[active] / max(math.log(max(G.shape[1], 2)), 1e-12))
+    patience = np.full(nu, 0.5)
+    if train.timestamp.size and np.ptp(train.timestamp) > len(train):  # real times, not row order
+        order = train.chronological_order()
+        uo, to = u[order], train.timestamp[order]
+        new_session = np.r_[True, (uo[1:] != uo[:-1]) | (np.diff(to) > SESSION_GAP_S)]
+        sessions = np.bincount(uo, new_session.astype(np.float64), nu)
+        mean_len = user_count / np.maximum(sessions, 1)
+        patience[active] = percentile_ranks(mean_len[active])
+    traits = np.stack([activity, conformity, diversity, patience, pickiness], axis=1)
+    quality = np.clip((crowd - 1.0) / 4.0, 0.0, 1.0)
+    return _Stats(item_count, popularity, crowd, quality, mu, user_count, traits, share, user_mean, crowd_of_user)
+
+
+# -- the rating model ------------------------------------------------------------------------------
+
+
+@dataclass
+class _RatingFit:
+    user: np.ndarray  # (nu, R) unit rows
+    item: np.ndarray  # (ni, R) in rating units (stars per unit of the user's unit vector)
+    bias: np.ndarray  # (nu,)
+
+
+def _fit_ratings(train: InteractionLog, st: _Stats, choice: ChoiceConfig, cfg: CalibrationConfig,
+                 rng: np.random.Generator) -> _RatingFit:
+    """ALS for ``(r - crowd) / (1 - w) - pickiness term = <t, g> + b`` with unit-norm ``t``.
+
+    Rows are weighted by ``(1 - w)^2`` (``w`` = the user's pull toward the crowd) so that the fit is
+    least squares in stars.
+    """
+    R = choice.rating_dims
+    nu, ni = train.n_users, train.n_items
+    ok = np.isfinite(train.rating)
+    u, i, r = train.user[ok].astype(np.int64), train.item[ok].astype(np.int64), train.rating[ok].astype(np.float64)
+    w = choice.rating_conformity * st.traits[:, 1]
+    y = (r - st.crowd[i]) / (1.0 - w[u]) - choice.rating_pickiness * (0.5 - st.traits[u, 4])
+    wt = (1.0 - w[u]) ** 2
+    n_u = np.bincount(u, minlength=nu).astype(np.float64)
+    n_i = np.bincount(i, minlength=ni).astype(np.float64)
+    T = _unit_rows(rng.standard_normal((nu, R)))
+    b = np.zeros(nu)
+    G = np.zeros((ni, R))
+    lam_i = cfg.rating_reg * np.maximum(n_i, 1)
+    lam_u = np.r_[cfg.rating_reg * np.maximum(n_u, 1)]
+    for _ in range(cfg.rating_iters):
+        G = _ridge_by_group(i, T[u], y - b[u], wt, ni, lam_i)
+        Xu = np.concatenate([G[i], np.ones((len(i), 1))], axis=1)
+        sol = _ridge_by_group(u, Xu, y, wt, nu, lam_u)
+        T = np.where(n_u[:, None] > 0, _unit_rows(sol[:, :R]), T)
+        b = np.bincount(u, wt * (y - np.einsum("nr,nr->n", T[u], G[i])), nu) / (
+            np.bincount(u, wt, nu) + cfg.rating_bias_reg)
+    G = _ridge_by_group(i, T[u], y - b[u], wt, ni, lam_i)
+    return _RatingFit(T, G, b)
+
+
+def _user_position(log: InteractionLog, mask: np.ndarray) -> np.ndarray:
+    """Place in ``[0, 1]`` of each ``mask`` row in its user's chronological order (1: the user's latest)."""
+    idx = np.flatnonzero(mask)
+    u = log.user[idx].astype(np.int64)
+    order = np.lexsort((idx, log.timestamp[idx], u))  # by user, then time (row order breaks ties)
+    n_u = np.bincount(u, minlength=log.n_users)
+    start = np.concatenate([[0], np.cumsum(n_u)[:-1]])
+    rank = np.empty(idx.size, dtype=np.float64)
+    rank[order] = np.arange(idx.size) - start[u[order]]
+    return rank / np.maximum(n_u[u] - 1, 1)
+
+
+def _predict_ratings(fit: _RatingFit, st: _Stats, choice: ChoiceConfig, u: np.ndarray, i: np.ndarray,
+                     offset: float = 0.0) -> np.ndarray:
+    w = choice.rating_conformity * st.traits[u, 1]
+    own = np.einsum("nr,nr->n", fit.user[u], fit.item[i]) + fit.bias[u] + offset
+    own = own + choice.rating_pickiness * (0.5 - st.traits[u, 4])
+    return st.crowd[i] + (1.0 - w) * own
+
+
+# -- the choice (watch) model ----------------------------------------------------------------------
+
+
+@dataclass
+class _WatchFit:
+    user: np.ndarray  # (nu, Dc) unit rows
+    item: np.ndarray  # (ni, Dc) in [-1, 1]
+    scale: float  # logit per unit of <user, item>
+
+
+def _offsets_parts(st: _Stats, choice: ChoiceConfig) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The embedded model's fixed utility terms for a fresh user: ``user_const (nu,)``,
+    ``item_const (ni,)`` and the conformity x popularity outer product factors."""
+    tr = st.traits
+    user_const = choice.novelty * (2.0 * tr[:, 2] - 1.0) - (
+        choice.no_click + choice.no_click_pickiness * (tr[:, 4] - 0.5))
+    item_const = choice.quality * (st.quality - 0.5)
+    return user_const, item_const, choice.conformity * tr[:, 1]
+
+
+def _fit_watch(train: InteractionLog, st: _Stats, choice: ChoiceConfig, cfg: CalibrationConfig, scale: float,
+               neg_weight: float, rng: np.random.Generator) -> _WatchFit:
+    nu, ni = train.n_users, train.n_items
+    k = cfg.choice_factors
+    fixed = train.items.genre_matrix() * cfg.genre_scale
+    if cfg.intercept > 0:
+        fixed = np.concatenate([fixed, np.full((ni, 1), cfg.intercept, dtype=np.float32)], axis=1)
+    D = k + fixed.shape[1]
+    T = _unit_rows(rng.standard_normal((nu, D))).astype(np.float32)
+    L = (0.1 * rng.standard_normal((ni, k))).astype(np.float32)
+    user_const, item_const, conf = _offsets_parts(st, choice)
+    pop_c = (st.popularity - 0.5).astype(np.float32)
+    method = cfg.watch_method
+    if method == "auto":
+        method = "dense" if nu * ni <= cfg.dense_limit else "sampled"
+    opt = _Adam([T, L], cfg.watch_lr)
+    u, i = train.user.astype(np.int64), train.item.astype(np.int64)
+    uniq = np.unique(u * ni + i)  # repeated interactions count once
+    pu, pi = uniq // ni, uniq % ni
+    wpos = np.ones(len(uniq), dtype=np.float32)
+    if cfg.watch_recency > 0:  # weight of each (user, item): its latest interaction's place in the user's order
+        q = _user_position(train, np.ones(len(train), dtype=bool))
+        key = u * ni + i
+        at = np.searchsorted(uniq, key)
+        qmax = np.zeros(len(uniq))
+        np.maximum.at(qmax, at, q)
+        wpos = np.exp(cfg.watch_recency * (qmax - 1.0)).astype(np.float32)
+        wpos *= len(wpos) / wpos.sum()
+    n_pos_u = np.bincount(pu, wpos, minlength=nu).astype(np.float64)
+    n_total = float(wpos.sum())
+    active = n_pos_u > 0
+    # Negatives get weight (positives / negatives) per user: a class-balanced loss, times neg_weight.
+    wneg = (neg_weight * n_pos_u / np.maximum(ni - n_pos_u, 1)).astype(np.float32)
+    F = np.empty((ni, D), dtype=np.float32)
+    F[:, k:] = fixed
+    if method == "dense":
+        pos = np.zeros((nu, ni), dtype=bool)
+        pos[pu, pi] = True
+        posw = np.zeros((nu, ni), dtype=np.float32)
+        posw[pu, pi] = wpos
+        chunk = max(1, int(4_000_000 // max(ni, 1)))
+        for _ in range(cfg.watch_iters):
+            F[:, :k] = L
+            gT = np.zeros_like(T)
+            gF = np.zeros((ni, D), dtype=np.float32)
+            for s in range(0, nu, chunk):
+                sl = slice(s, min(s + chunk, nu))
+                S = scale * (T[sl] @ F.T)
+                S += (user_const[sl, None] + item_const[None, :] + conf[sl, None] * pop_c[None, :]).astype(np.float32)
+                P = 1.0 / (1.0 + np.exp(-S))
+                Y = pos[sl]
+                Gm = np.where(Y, (P - 1.0) * posw[sl], P * wneg[sl, None]).astype(np.float32)
+                Gm[~active[sl]] = 0.0
+                gT[sl] = scale * (Gm @ F)
+                gF += scale * (Gm.T @ T[sl])
+            gT /= n_total
+            gL = gF[:, :k] / n_total + cfg.watch_reg * L
+            opt.step([gT, gL])
+            T[:] = _unit_rows(T)
+            np.clip(L, -1.0, 1.0, out=L)
+    else:
+        for it in range(cfg.watch_iters):
+            F[:, :k] = L
+            # one fresh negative per positive, redrawn while it hits an observed pair (uniq is sorted)
+            nu_ = pu.copy()
+            ni_ = rng.integers(0, ni, size=len(pu))
+            for _ in range(10):
+                key = nu_ * ni + ni_
+                at = np.minimum(np.searchsorted(uniq, key), len(uniq) - 1)
+                clash = uniq[at] == key
+                if not clash.any():
+                    break
+                ni_[clash] = rng.integers(0, ni, size=int(clash.sum()))
+            U = np.concatenate([pu, nu_])
+            I = np.concatenate([pi, ni_])
+            S = scale * np.einsum("nd,nd->n", T[U], F[I]) + user_const[U] + item_const[I] + conf[U] * pop_c[I]
+            P = 1.0 / (1.0 + np.exp(-S))
+            g = np.concatenate([(P[: len(pu)] - 1.0) * wpos, P[len(pu):] * neg_weight]).astype(np.float32) / n_total
+            gT = scale * _group_sum(U, g[:, None] * F[I], nu).astype(np.float32)
+            gF = scale * _group_sum(I, g[:, None] * T[U], ni).astype(np.float32)
+            opt.step([gT, gF[:, :k] + cfg.watch_reg * L])
+            T[:] = _unit_rows(T)
+            np.clip(L, -1.0, 1.0, out=L)
+    F[:, :k] = L
+    return _WatchFit(T, F.copy(), scale)
+
+
+def _watch_logits(fit: _WatchFit, st: _Stats, choice: ChoiceConfig, u: np.ndarray, i: np.ndarray) -> np.ndarray:
+    user_const, item_const, conf = _offsets_parts(st, choice)
+    return (fit.scale * np.einsum("nd,nd->n", fit.user[u], fit.item[i]) + user_const[u] + item_const[i]
+            + conf[u] * (st.popularity[i] - 0.5))
+
+
+def _best_shift(fit: _WatchFit, st: _Stats, choice: ChoiceConfig, fit_log: InteractionLog, val: InteractionLog,
+                rng: np.random.Generator) -> tuple[float, float]:
+    """The logit shift that maximises per-user 1:1 accuracy on the validation slice, and that accuracy."""
+    ni = val.n_items
+    u, i = val.user.astype(np.int64), val.item.astype(np.int64)
+    seen = np.zeros((val.n_users, ni), dtype=bool) if val.n_users * ni <= 50_000_000 else None
+    if seen is None:
+        return 0.0, float("nan")
+    seen[fit_log.user, fit_log.item] = True
+    seen[u, i] = True
+    neg = rng.integers(0, ni, size=len(u))
+    for _ in range(50):
+        bad = seen[u, neg]
+        if not bad.any():
+            break
+        neg[bad] = rng.integers(0, ni, size=int(bad.sum()))
+    lp = _watch_logits(fit, st, choice, u, i)
+    ln = _watch_logits(fit, st, choice, u, neg)
+    n_u = np.bincount(u, minlength=val.n_users)
+    has = n_u > 0
+    best, best_acc = 0.0, -1.0
+    for shift in np.linspace(-3.0, 3.0, 61):
+        acc = (np.bincount(u, lp + shift > 0, val.n_users) + np.bincount(u, ln + shift <= 0, val.n_users))[has]
+        a = float(np.mean(acc / (2.0 * n_u[has])))
+        if a > best_acc + 1e-9 or (abs(a - best_acc) <= 1e-9 and abs(shift) < abs(best)):
+            best, best_acc = float(shift), a
+    return best, best_acc
+
+
+def _best_noise(pred: np.ndarray, real: np.ndarray, seed: int) -> float:
+    """The rating noise whose sampled star histogram is closest (total variation) to ``real``'s."""
+    z = np.random.default_rng([seed, 4]).standard_normal(pred.size)
+
+    def hist(x: np.ndarray) -> np.ndarray:
+        return np.bincount(np.clip(np.rint(x), 1, 5).astype(int), minlength=6)[1:] / max(x.size, 1)
+
+    target = hist(real)
+    grid = np.round(np.arange(0.3, 1.61, 0.05), 2)
+    tv = [0.5 * np.abs(hist(pred + s * z) - target).sum() for s in grid]
+    return float(grid[int(np.argmin(tv))])
+
+
+# -- descriptions ----------------------------------------------------------------------------------
+
+
+def _level(x: float, words: tuple[str, str, str]) -> str:
+    return words[0] if x < 1 / 3 else words[1] if x < 2 / 3 else words[2]
+
+
+def _title(t: str) -> str:
+    try:
+        from simrec.llm.sanitize import display_title  # "Usual Suspects, The (1995)" -> "The Usual Suspects (1995)"
+    except ImportError:  # pragma: no cover
+        return t
+    return display_title(t)
+
+
+def _join(words: list[str]) -> str:
+    return words[0] if len(words) == 1 else ", ".join(words[:-1]) + f" and {words[-1]}"
+
+
+def describe_user(log: InteractionLog, user: int, rows: np.ndarray, st: _Stats, max_titles: int = 3,
+                  titles: list[str] | None = None) -> str:
+    """A plain-language profile of ``user`` from their (train) rows of ``log``.
+
+    ``titles`` are the display titles of the items (default: computed from ``log``).
+    """
+    users = log.users
+    who = []
+    age = int(users.ages[user])
+    if age:
+        who.append(f"{age}-year-old")
+    if users.genders[user]:
+        who.append(users.genders[user])
+    occ = users.occupations[user]
+    who.append(occ if occ and occ not in ("none", "other") else "viewer")
+    kind = "film" if log.name.startswith("ml-") else "item"
+    n = len(rows)
+    verb = "rated" if log.has_ratings else "watched"
+    parts = [f"A {' '.join(who)} who has {verb} {n} {kind}{'s' if n != 1 else ''} so far."]
+    share = st.genre_share[user]
+    names = log.items.genre_names
+    top = [k for k in np.argsort(-share, kind="stable")[:3] if share[k] >= 0.05 and names[k] != "unknown"]
+    if top:
+        parts.append("Favourite genres: " + _join([f"{names[k]} ({share[k]:.0%})" for k in top]) + ".")
+    tr = st.traits[user]
+    if log.has_ratings and np.isfinite(st.user_mean[user]):
+        diff = float(st.user_mean[user] - st.crowd_of_user[user])
+        tone = "generously" if diff > 0.25 else "harshly" if diff < -0.25 else "about like everyone else"
+        parts.append(f"Rates {tone}: {st.user_mean[user]:.1f} stars on average where others give the same "
+                     f"{kind}s {st.crowd_of_user[user]:.1f}.")
+    if titles is None:
+        titles = [_title(t) for t in log.items.titles]
+    if max_titles and n:
+        order = rows[np.lexsort((-log.timestamp[rows], -np.nan_to_num(log.rating[rows], nan=0.0)))]
+        if log.has_ratings:
+            loved = [titles[log.item[j]] for j in order if log.rating[j] >= 4][:max_titles]
+            hated = [titles[log.item[j]] for j in order[::-1] if log.rating[j] <= 2][: max(1, max_titles - 1)]
+            if loved:
+                parts.append("Loved " + _join(loved) + ".")
+            if hated:
+                parts.append("Disliked " + _join(hated) + ".")
+        recent = [titles[log.item[j]] for j in rows[np.argsort(-log.timestamp[rows], kind="stable")][:max_titles]]
+        parts.append("Most recently: " + _join(recent) + ".")
+    often = _level(tr[0], ("occasionally", "regularly", "a lot"))
+    crowd = _level(tr[1], ("has tastes of their own", "agrees with the crowd now and then", "likes what everyone likes"))
+    spread = _level(tr[2], ("sticks to a few genres", "tries other genres now and then", "enjoys many different genres"))
+    parts.append(f"Watches {often}, {crowd} and {spread}.")
+    return " ".join(parts)
+
+
+def enrich_descriptions(pack: PersonaPack, complete: Callable[[list[dict[str, str]]], str],
+                        max_chars: int = 800) -> PersonaPack:
+    """Rewrite each persona's template description with a language model.
+
+    ``complete(messages) -> str`` sends OpenAI-style chat messages (see :func:`openai_completer`).
+    Only the persona's own (train-derived) description is sent; a reply that is empty keeps the
+    template text.
+    """
+    out = []
+    for p in pack.personas:
+        messages = [
+            {"role": "system", "content": "You write short, vivid third-person profiles of movie viewers for a "
+                                          "user simulation. Keep every fact, invent nothing, no numbers other "
+                                          "than the ones given, at most 4 sentences."},
+            {"role": "user", "content": f"Profile facts: {p.description}\nWrite the profile."},
+        ]
+        text = " ".join(complete(messages).split())[:max_chars]
+        out.append(p.model_copy(update={"description": text or p.description}))
+    return pack.model_copy(update={"personas": out})
+
+
+def openai_completer(base_url: str, model: str, api_key: str = "not-needed", temperature: float = 0.3,
+                     max_tokens: int = 200, timeout: float = 60.0) -> Callable[[list[dict[str, str]]], str]:
+    """A ``complete(messages)`` for :func:`enrich_descriptions` against an OpenAI-compatible server."""
+    from openai import OpenAI
+
+    client = OpenAI(base_url=base_url, api_key=api_key, timeout=timeout)
+
+    def complete(messages: list[dict[str, str]]) -> str:
+        r = client.chat.completions.create(model=model, messages=messages, temperature=temperature,
+                                           max_tokens=max_tokens)
+        return r.choices[0].message.content or ""
+
+    return complete
+
+
+# -- calibration -----------------------------------------------------------------------------------
+
+
+def _persona_id(raw: str) -> str:
+    # Numeric ids ("196") would collide with numbers in prompts; the sanitizer treats user ids as secrets.
+    return raw if raw[:1].isalpha() else f"u{raw}"
+
+
+def _fit_all(train: InteractionLog, st: _Stats, choice: ChoiceConfig, cfg: CalibrationConfig, scale: float,
+             neg_weight: float, seed: int) -> tuple[_WatchFit, _RatingFit | None]:
+    watch = _fit_watch(train, st, choice, cfg, scale, neg_weight, np.random.default_rng([seed, 1]))
+    ratings = None
+    if choice.rating_dims and train.has_ratings:
+        ratings = _fit_ratings(train, st, choice, cfg, np.random.default_rng([seed, 2]))
+    return watch, ratings
+
+
+def calibrate(train: InteractionLog, config: CalibrationConfig | dict | None = None,
+              choice: ChoiceConfig | dict | None = None, seed: int = 0,
+              complete: Callable[[list[dict[str, str]]], str] | None = None,
+              validation: SplitConfig | None = None) -> Calibration:
+    """Build a catalog and personas from ``train`` (the train split only).
+
+    ``validation`` is how the validation slice is cut from ``train`` (default: each user's last 20%;
+    :func:`build_calibrated_world` passes the test split's own settings).
+
+    ``choice`` is the embedded model the world will run under (its fixed weights, ``affinity`` and
+    ``rating_dims`` shape the fit); ``seed`` sets factor initialisation and sampling. With
+    ``config.describe == "llm"`` descriptions are rewritten by ``complete`` (or by an
+    OpenAI-compatible server from ``config.describe_llm``).
+    """
+    cfg = config if isinstance(config, CalibrationConfig) else CalibrationConfig(**(config or {}))
+    ch = choice if isinstance(choice, ChoiceConfig) else ChoiceConfig(**(choice or {}))
+    if len(train) == 0:
+        raise ConfigError(f"{train.name}: the train split is empty; nothing to calibrate from")
+    t0 = time.perf_counter()
+    report: dict[str, Any] = {"train_interactions": len(train)}
+    a_c = math.sqrt(1.0 - cfg.rating_share) if ch.rating_dims else 1.0
+    a_r = math.sqrt(cfg.rating_share)
+    scale = ch.affinity * a_c
+    st = _statistics(train, cfg)
+
+    neg_weight, offset = 1.0, 0.0
+    if cfg.validate_split:
+        inner = split_log(train, (validation or SplitConfig()).model_copy(update={"seed": seed}))
+        if len(inner.test) and len(inner.train):
+            st_in = _statistics(inner.train, cfg)
+            wf, rf = _fit_all(inner.train, st_in, ch, cfg, scale, 1.0, seed + 7919)
+            shift, val_acc = _best_shift(wf, st_in, ch, inner.train, inner.test, np.random.default_rng([seed, 3]))
+            neg_weight = math.exp(-shift)
+            report["validation_logit_shift"] = shift
+            report["validation_accuracy"] = val_acc
+            if rf is not None:
+                ok = np.isfinite(inner.test.rating)
+                vu, vi = inner.test.user[ok].astype(np.int64), inner.test.item[ok].astype(np.int64)
+                pred = _predict_ratings(rf, st_in, ch, vu, vi)
+                resid = inner.test.rating[ok] - pred
+                offset = float(resid.mean())
+                report["validation_rating_offset"] = offset
+                report["validation_rating_rmse"] = float(np.sqrt(np.mean((resid - offset) ** 2)))
+                shifted = pred + offset * (1.0 - ch.rating_conformity * st_in.traits[vu, 1])
+                report["suggested_rating_noise"] = _best_noise(shifted, inner.test.rating[ok], seed)
+    watch, rfit = _fit_all(train, st, ch, cfg, scale, neg_weight, seed)
+    report["fit_seconds"] = round(time.perf_counter() - t0, 2)
+
+    nu, ni = train.n_users, train.n_items
+    R = ch.rating_dims
+    Dc = watch.item.shape[1]
+    features = np.zeros((ni, Dc + R), dtype=np.float32)
+    features[:, :Dc] = watch.item
+    taste = np.zeros((nu, Dc + R), dtype=np.float64)
+    taste[:, :Dc] = a_c * watch.user
+    bias = np.zeros(nu)
+    if R:
+        if rfit is not None:
+            unit = ch.rating_scale * ch.affinity * a_r  # stars per unit of <taste_R, f_R>
+            g = rfit.item / max(unit, 1e-12)
+            report["rating_features_clipped"] = float(np.mean(np.abs(g) > 1.0))
+            features[:, Dc:] = np.clip(g, -1.0, 1.0)
+            taste[:, Dc:] = a_r * rfit.user
+            bias = rfit.bias + offset
+        else:  # no ratings: the rating dimensions stay neutral
+            taste[:, Dc:] = a_r / math.sqrt(R)
+    elif train.has_ratings:  # shared utility: only a bias to fit
+        bias = _shared_bias(train, st, ch, features, taste)
+    report["rating_bias_clipped"] = float(np.mean(np.abs(bias) > 3.0))
+    bias = np.clip(bias, -3.0, 3.0)
+
+    catalog = _build_catalog(train, st, features)
+    order = train.chronological_order()
+    counts = np.bincount(train.user, minlength=nu)
+    starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
+    keep = np.flatnonzero(counts > 0)
+    titles = [_title(t) for t in train.items.titles]
+    personas = []
+    for uidx in keep:
+        rows = order[starts[uidx]: starts[uidx] + counts[uidx]]
+        tr = st.traits[uidx]
+        interests = {train.items.genre_names[k]: round(float(v), 4)
+                     for k, v in enumerate(st.genre_share[uidx]) if v >= 0.01}
+        raw = train.users.ids[uidx]
+        age = int(train.users.ages[uidx])
+        personas.append(Persona(
+            id=_persona_id(raw), name=f"Viewer {raw}", age=min(max(age, 10), 110) if age else 35,
+            occupation=train.users.occupations[uidx] or "other",
+            description=describe_user(train, int(uidx), rows, st, cfg.max_history_titles, titles),
+            traits=Traits(**{k: round(float(v), 6) for k, v in zip(("activity", "conformity", "diversity",
+                                                                      "patience", "pickiness"), tr)}),
+            interests=interests, taste=[float(x) for x in taste[uidx].astype(np.float32)],
+            rating_bias=float(bias[uidx]),
+        ))
+    pack = PersonaPack(name=f"{train.name.split('/')[0]}-calibrated",
+                       description=f"{len(personas)} personas calibrated from {train.summary()} (seed {seed}).",
+                       topics=list(train.items.genre_names), personas=personas)
+    if cfg.describe == "llm":
+        if complete is None:
+            if not cfg.describe_llm.get("base_url") or not cfg.describe_llm.get("model"):
+                raise ConfigError("calibration.describe is 'llm' but describe_llm has no base_url/model. "
+                                  "Fix: set describe_llm={'base_url': ..., 'model': ...} or describe='template'")
+            complete = openai_completer(**cfg.describe_llm)
+        pack = enrich_descriptions(pack, complete)
+    report["seconds"] = round(time.perf_counter() - t0, 2)
+    return Calibration(catalog, pack, keep.astype(np.int64), report)
+
+
+def _shared_bias(train: InteractionLog, st: _Stats, ch: ChoiceConfig, features: np.ndarray,
+                 taste: np.ndarray) -> np.ndarray:
+    """User bias when ratings share the choice utility (``rating_dims == 0``)."""
+    ok = np.isfinite(train.rating)
+    u, i, r = train.user[ok].astype(np.int64), train.item[ok].astype(np.int64), train.rating[ok].astype(np.float64)
+    tr = st.traits
+    user_const, item_const, conf = _offsets_parts(st, ch)
+    nc = ch.no_click + ch.no_click_pickiness * (tr[:, 4] - 0.5)
+    util = ch.affinity * np.einsum("nd,nd->n", taste[u], features[i]) + item_const[i] + conf[u] * (
+        st.popularity[i] - 0.5) + (user_const[u] + nc[u])
+    w = ch.rating_conformity * tr[u, 1]
+    need = (r - w * st.crowd[i]) / (1.0 - w) - 3.0 - ch.rating_scale * util - ch.rating_pickiness * (0.5 - tr[u, 4])
+    return np.bincount(u, need, train.n_users) / np.maximum(np.bincount(u, minlength=train.n_users), 1)
+
+
+def _build_catalog(train: InteractionLog, st: _Stats, features: np.ndarray) -> Catalog:
+    items = train.items
+    descs = []
+    for i in range(len(items)):
+        gs = [g for g in items.genres[i] if g != "unknown"]
+        what = (_join(gs).lower() + " ") if gs else ""
+        kind = "film" if train.name.startswith("ml-") else "title"
+        year = f" from {items.years[i]}" if items.years[i] else ""
+        text = f" {items.texts[i]}" if items.texts[i] else ""
+        descs.append(f"A {what}{kind}{year}.{text}")
+    return Catalog(
+        ids=items.ids, titles=items.titles, descriptions=descs, topic_names=items.genre_names,
+        item_topics=items.genres, features=features, quality=st.quality.astype(np.float32), year=items.years,
+        popularity=st.popularity.astype(np.float32),
+        attributes=[{k: v for k, v in a.items() if isinstance(v, (str, int, float, bool))} for a in items.attributes],
+        name=f"{train.name.split('/')[0]}-calibrated", normalize=False,
+    )
+
+
+# -- world builder ---------------------------------------------------------------------------------
+
+
+class MovieLensWorldConfig(BaseModel):
+    """The extra fields of a ``kind: movielens`` world section (all optional)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    data_dir: str = Field(DEFAULT_DATA_DIR, description="Dataset directory, relative to the working directory.")
+    variant: Literal["auto", "ml-100k", "ml-1m", "generic"] = "auto"
+    format: dict[str, Any] | None = Field(None, description="simrec.data.datasets.GenericFormat for variant 'generic'.")
+    split: SplitConfig = Field(default_factory=SplitConfig)
+    calibration: CalibrationConfig = Field(default_factory=CalibrationConfig)
+    choice: dict[str, Any] | None = Field(
+        None, description="The choice model to calibrate for; default: the movielens-v0 spec's 'choice' section.")
+    max_users: int | None = Field(None, ge=1, description="Keep only the first max_users users (quick experiments).")
+    cache: bool = Field(True, description=(
+        "Reuse a calibrated world from the on-disk cache when every input of the calibration (train split, "
+        "settings, choice model, seed, simrec's calibration version) is the same."))
+    cache_dir: str | None = Field(None, description=(
+        "Cache directory; default: $SIMREC_CACHE_DIR, else $XDG_CACHE_HOME/simrec or ~/.cache/simrec. "
+        "SIMREC_CACHE_DIR=off disables caching."))
+
+    @field_validator("variant", mode="before")
+    @classmethod
+    def _variant(cls, v: Any) -> Any:  # accept "ML-100K", "ml_1m", "MovieLens-1M", ...
+        if isinstance(v, str):
+            v = v.strip().lower().replace("_", "-")
+            v = {"ml100k": "ml-100k", "movielens-100k": "ml-100k", "ml1m": "ml-1m", "movielens-1m": "ml-1m"}.get(v, v)
+        return v
+
+
+_IGNORED = {"kind", "seed", "n_items", "n_topics", "dim", "personas", "n_personas"}
+
+
+def movielens_settings(cfg: Any) -> MovieLensWorldConfig:
+    """Validate the movielens-specific fields of a ``WorldConfig`` (its extra fields)."""
+    data = {k: v for k, v in cfg.model_dump().items() if k not in _IGNORED}
+    try:
+        return MovieLensWorldConfig.model_validate(data)
+    except ValidationError as e:
+        raise format_validation_error("world section of a movielens spec", e,
+                                      hint="Fix: see simrec.data.calibration.MovieLensWorldConfig.") from None
+
+
+def default_choice() -> ChoiceConfig:
+    """The choice section of the built-in ``movielens-v0`` spec."""
+    from simrec.envs.spec import EnvSpec
+
+    return EnvSpec.builtin("movielens-v0").choice
+
+
+def resolve_data_dir(data_dir: str | Path) -> Path:
+    p = Path(data_dir).expanduser()
+    if not p.exists():
+        raise ConfigError(
+            f"MovieLens data not found at {data_dir} (resolved to {p.resolve()}). Fix: pass data_dir= pointing at "
+            f"an unpacked ml-100k / ml-1m directory or a generic log, e.g. gymnasium.make('simrec/MovieLens-v0', "
+            f"data_dir='path/to/ml-100k'); paths are relative to the working directory. "
+            f"simrec.data.datasets.fetch_movielens can verify (and, with download=True, fetch) the official archive."
+        )
+    return p
+
+
+def load_and_split(settings: MovieLensWorldConfig) -> tuple[InteractionLog, Split]:
+    path = resolve_data_dir(settings.data_dir)
+    fmt = GenericFormat.model_validate(settings.format) if settings.format else None
+    log = load_dataset(path, settings.variant, fmt)
+    if settings.max_users is not None and settings.max_users < log.n_users:
+        log = log.select(log.user < settings.max_users)
+    return log, split_log(log, settings.split)
+
+
+def build_calibrated_world(settings: MovieLensWorldConfig, seed: int = 0,
+                           choice: ChoiceConfig | None = None) -> CalibratedWorld:
+    """Load, split and calibrate (or reuse the on-disk cache, see :class:`WorldCache`); the world keeps
+    the log and split for evaluation."""
+    log, split = load_and_split(settings)
+    ch = choice or (ChoiceConfig(**settings.choice) if settings.choice else default_choice())
+    store = WorldCache.from_settings(settings)
+    key = calibration_key(split.train, settings, ch, seed)
+    cal = store.load(key) if store is not None else None
+    if cal is None:
+        cal = calibrate(split.train, settings.calibration, ch, seed=seed, validation=settings.split)
+        if store is not None:
+            store.save(key, cal)
+    return CalibratedWorld(cal.catalog, cal.personas, log=log, split=split, user_index=cal.user_index,
+                           report={**cal.report, "split": split.summary(), "cache_key": key})
+
+
+def world_from_config(cfg: Any) -> World:  # cfg: simrec.envs.spec.WorldConfig
+    """World builder for ``kind: movielens`` specs (``simrec/MovieLens-v0``)."""
+    return build_calibrated_world(movielens_settings(cfg), seed=cfg.seed)
+
+
+def save_calibration(world: CalibratedWorld, directory: str | Path) -> None:
+    """Write the calibrated catalog and persona pack as JSON (for inspection or reuse)."""
+    d = Path(directory)
+    d.mkdir(parents=True, exist_ok=True)
+    world.catalog.save(d / "catalog.json")
+    world.personas.save(d / "personas.json")
+    (d / "report.json").write_text(json.dumps(world.report, indent=1, default=str), encoding="utf-8")
+
+
+# -- on-disk cache ---------------------------------------------------------------------------------
+
+
+def log_fingerprint(log: InteractionLog) -> str:
+    """SHA-256 of everything :func:`calibrate` can read from ``log`` (rows, item and user tables)."""
+    h = hashlib.sha256()
+    for a in (log.user, log.item, log.rating, log.weight, log.timestamp, log.items.years, log.users.ages):
+        h.update(np.ascontiguousarray(a).tobytes())
+        h.update(b"|")
+    tables = [log.name, log.items.ids, log.items.titles, log.items.texts, log.items.genres, log.items.genre_names,
+              log.items.attributes, log.users.ids, log.users.genders, log.users.occupations, log.users.attributes]
+    h.update(json.dumps(tables, sort_keys=True, default=str).encode("utf-8"))
+    return h.hexdigest()
+
+
+def calibration_key(train: InteractionLog, settings: MovieLensWorldConfig, choice: ChoiceConfig, seed: int) -> str:
+    """Cache key of a calibration: the train split's content and every setting that shapes the result.
+
+    Only the train split enters (as in :func:`calibrate`): the key, like the world, cannot depend on
+    test rows. Paths do not enter, so a moved dataset still hits.
+    """
+    inputs = {"version": CALIBRATION_VERSION, "train": log_fingerprint(train), "seed": seed,
+              "calibration": settings.calibration.model_dump(), "validation": settings.split.model_dump(),
+              "choice": choice.model_dump()}
+    return hashlib.sha256(json.dumps(inputs, sort_keys=True, default=str).encode("utf-8")).hexdigest()[:32]
+
+
+def default_cache_dir() -> Path | None:
+    """``$SIMREC_CACHE_DIR`` (``off``/``0``/``none``/empty: no cache), else the user's cache directory."""
+    env = os.environ.get("SIMREC_CACHE_DIR")
+    if env is not None:
+        return None if env.strip().lower() in ("", "0", "off", "none", "false") else Path(env).expanduser()
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "simrec"
+
+
+class WorldCache:
+    """Calibrated worlds on disk, one directory per :func:`calibration_key`.
+
+    An entry is the catalog and persona pack (the same JSON files :func:`save_calibration` writes,
+    readable with ``Catalog.load``/``PersonaPack.load``) plus ``meta.json``. Entries are written to a
+    temporary directory and renamed into place, so readers never see half an entry; an unreadable
+    entry is reported, removed and recalibrated.
+    """
+
+    def __init__(self, root: str | Path) -> None:
+        self.root = Path(root).expanduser() / "worlds"
+
+    @classmethod
+    def from_settings(cls, settings: MovieLensWorldConfig) -> "WorldCache | None":
+        if not settings.cache:
+            return None
+        root = Path(settings.cache_dir) if settings.cache_dir else default_cache_dir()
+        return cls(root) if root is not None else None
+
+    def path(self, key: str) -> Path:
+        return self.root / key
+
+    def entries(self) -> list[Path]:
+        """Complete entries (directories being written are hidden until renamed)."""
+        return sorted(p for p in self.root.iterdir() if p.is_dir() and not p.name.startswith(".")) \
+            if self.root.is_dir() else []
+
+    def load(self, key: str) -> Calibration | None:
+        d = self.path(key)
+        if not d.is_dir():
+            return None
+        try:
+            meta = json.loads((d / "meta.json").read_text(encoding="utf-8"))
+            if meta.get("key") != key:
+                raise ValueError(f"meta.json holds key {meta.get('key')!r}")
+            cal = Calibration(Catalog.load(d / "catalog.json"), PersonaPack.load(d / "personas.json"),
+                              np.asarray(meta["user_index"], dtype=np.int64),
+                              {**meta["report"], "cache": "hit", "cache_path": str(d)})
+            if len(cal.user_index) != len(cal.personas.personas):
+                raise ValueError("user_index and personas differ in length")
+            return cal
+        except Exception as e:  # a damaged entry must not stop a run: recalibrate and overwrite it
+            msg = f"calibration cache entry {d} is unreadable ({type(e).__name__}: {e}); recalibrating"
+            logger.warning(msg)
+            warnings.warn(msg, RuntimeWarning, stacklevel=2)
+            shutil.rmtree(d, ignore_errors=True)
+            return None
+
+    def save(self, key: str, cal: Calibration) -> Path | None:
+        """Write an entry; a failure (read-only disk, ...) is logged and the run goes on uncached."""
+        final = self.path(key)
+        tmp = self.root / f".{key}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp"  # unique per writer
+        try:
+            tmp.mkdir(parents=True, exist_ok=True)
+            cal.catalog.save(tmp / "catalog.json")
+            cal.personas.save(tmp / "personas.json")
+            meta = {"key": key, "version": CALIBRATION_VERSION, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                    "user_index": cal.user_index.tolist(), "report": cal.report}
+            (tmp / "meta.json").write_text(json.dumps(meta, default=str), encoding="utf-8")
+            try:
+                os.replace(tmp, final)
+            except OSError:  # another process wrote the same entry first: theirs is as good
+                shutil.rmtree(tmp, ignore_errors=True)
+            cal.report["cache"] = "stored"
+            return final
+        except OSError as e:
+            logger.warning("could not write calibration cache entry %s: %s", final, e)
+            shutil.rmtree(tmp, ignore_errors=True)
+            return None
+
+    def clear(self) -> int:
+        """Remove every entry; returns how many there were."""
+        n = len(self.entries())
+        shutil.rmtree(self.root, ignore_errors=True)
+        return n

@@ -1,0 +1,232 @@
+"""The batched simulation core shared by :class:`~simrec.envs.slate_env.SlateEnv` and the vector env.
+
+One call to :meth:`Simulator.step` runs the whole data flow for a batch of users:
+persona + state + memory + slate -> cognition -> response -> dynamics update -> memory write.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+from gymnasium import spaces
+
+from simrec.cognition import CognitionBackend, ResponseBatch, make_backend
+from simrec.envs.candidates import CandidateGenerator
+from simrec.users.dynamics import Dynamics, as_index, experience_of
+from simrec.users.population import Population
+from simrec.envs.spec import EnvSpec
+from simrec.users.world import World
+
+#: Columns of the ``user`` observation.
+USER_FEATURES = ("age", "sessions", "session_progress", "session_clicks", "days_since_last")
+#: Extra columns of each ``history`` row after the item's features.
+HISTORY_FEATURES = ("clicked", "rating", "consumption", "valid")
+
+
+@dataclass
+class StepResult:
+    response: ResponseBatch
+    reward: np.ndarray  # (B,)
+    slates: np.ndarray  # (B, K) catalog indices
+    shifted: np.ndarray  # (B,) concept shift happened
+
+
+class Simulator:
+    """A catalog, a population, a cognition backend and the dynamics, stepped in batches."""
+
+    def __init__(self, spec: EnvSpec, world: World, backend: CognitionBackend | None = None,
+                 population_size: int | None = None) -> None:
+        self.spec = spec
+        self.catalog = world.catalog
+        self.pop = Population(world.catalog, world.personas, population_size or spec.population_size,
+                              spec.slate_size, spec.memory_capacity)
+        if backend is None:
+            cfg = spec.choice.model_dump() if spec.backend == "embedded" else dict(spec.backend_config)
+            backend = make_backend(spec.backend, cfg)
+        self.backend = backend
+        self.dynamics = Dynamics(spec.dynamics)
+        self.candidates = CandidateGenerator(self.catalog, spec.num_candidates, spec.candidates)
+        cat = self.catalog
+        d = cat.dim
+        # Observable item features: content vector + popularity prior. Row n is the "no item" pad.
+        self.item_obs = np.zeros((len(cat) + 1, d + 1), dtype=np.float32)
+        self.item_obs[:-1, :d] = cat.features
+        self.item_obs[:-1, d] = cat.popularity
+        # Rows [features, quality, topic weights] for the dynamics; the last row is the "nothing chosen" pad.
+        self.item_rows = np.zeros((len(cat) + 1, d + 1 + cat.n_topics), dtype=np.float32)
+        self.item_rows[:-1, :d] = cat.features
+        self.item_rows[:-1, d] = cat.quality
+        self.item_rows[:-1, d + 1:] = cat.topic_weights
+        self._inv_log_sessions = 1.0 / np.log(1000.0)
+        self.reward_bounds = spec.reward.bounds(spec.slate_size)
+        self._ages = np.array([p.age for p in self.pop.personas], dtype=np.float32) / 100.0
+        self._last_gap = np.zeros(self.pop.n_users, dtype=np.float32)
+        # Observation history as a ring of ready-made rows per user, so observe() is one gather.
+        self._hist = np.zeros((self.pop.n_users, spec.history_window, d + len(HISTORY_FEATURES)), np.float32)
+        self._hist_order = np.arange(spec.history_window)
+
+    # -- spaces ---------------------------------------------------------------------------------
+    def observation_space(self) -> spaces.Dict:
+        s, d = self.spec, self.catalog.dim
+        lo_item = np.full(d + 1, -1.0, np.float32)
+        lo_item[d] = 0.0
+        lo_hist = np.concatenate([lo_item[:d], np.zeros(len(HISTORY_FEATURES), np.float32)])
+        return spaces.Dict({
+            "candidates": spaces.Box(np.tile(lo_item, (s.num_candidates, 1)), 1.0,
+                                     shape=(s.num_candidates, d + 1), dtype=np.float32),
+            "user": spaces.Box(0.0, 1.0, shape=(len(USER_FEATURES),), dtype=np.float32),
+            "history": spaces.Box(np.tile(lo_hist, (s.history_window, 1)), 1.0,
+                                  shape=(s.history_window, d + len(HISTORY_FEATURES)), dtype=np.float32),
+        })
+
+    # -- lifecycle ------------------------------------------------------------------------------
+    def reset_population(self, rng: np.random.Generator) -> None:
+        self.pop.reset(rng)
+        self.candidates.reset()
+        self._last_gap[:] = 0
+        self._hist[:] = 0
+
+    def start_sessions(self, users: np.ndarray | slice, rng: np.random.Generator) -> None:
+        act = self.pop.traits[users, 0]
+        gap = self.dynamics.between_sessions(self.pop.state, users, act, rng)
+        self._last_gap[users] = gap
+
+    def pick_users(self, rng: np.random.Generator, count: int, exclude: np.ndarray | None = None) -> np.ndarray:
+        """Draw ``count`` distinct users to start sessions, weighted by activity and satisfaction."""
+        w = self.dynamics.return_weights(self.pop.state, self.pop.trait("activity"))
+        keys = np.log(w) + rng.gumbel(size=w.size)
+        if exclude is not None and exclude.size:
+            keys[exclude] = -np.inf
+        if count == 1:
+            return np.array([int(np.argmax(keys))])
+        if count > np.isfinite(keys).sum():
+            raise ValueError(f"need {count} idle users but the population has only {np.isfinite(keys).sum()}")
+        return np.argpartition(-keys, count - 1)[:count]
+
+    # -- one step -------------------------------------------------------------------------------
+    def step(self, users: np.ndarray | slice, slates: np.ndarray, rng: np.random.Generator) -> StepResult:
+        """Run one step for ``users`` (index array, or ``slice(u, u + 1)`` for one user)."""
+        pop, cat, r = self.pop, self.catalog, self.spec.reward
+        B, K = slates.shape
+        backend = self.backend
+        resp = backend.decide(pop, users if getattr(backend, "accepts_slices", False) else as_index(users), slates, rng)
+        ar = np.arange(B)
+        clicked_any = resp.clicked.any(axis=1)
+        # The chosen item: the most-consumed clicked one (LLM replies may click several).
+        pos = np.argmax(np.where(resp.clicked, resp.consumption + 1.0, 0.0), axis=1)
+        chosen = np.where(clicked_any, slates[ar, pos], -1)
+        cons = resp.consumption[ar, pos] * clicked_any
+        rating = resp.rating[ar, pos]
+        exp = experience_of(rating, cons, clicked_any, self.dynamics.config.satisfaction)
+        util = resp.meta.get("utility")
+        if util is None:
+            util = self.backend_free_utility(users, slates)
+        d = cat.dim
+        chosen_row = np.take(self.item_rows, chosen, axis=0)  # the pad row (zeros) when nothing was chosen
+        consumed_topics = chosen_row[:, d + 1:]
+        shown_topics = resp.meta.get("shown_topics")
+        if shown_topics is None:
+            shown_topics = np.take(self.item_rows, slates, axis=0)[:, :, d + 1:].sum(axis=1)
+        shifted = self.dynamics.step(
+            pop.state, users, chosen_features=chosen_row[:, :d], consumption=cons,
+            consumed_topics=consumed_topics, shown_topics=shown_topics, best_utility=util.max(axis=1),
+            experience=exp, rng=rng, directions=pop.directions,
+        )
+        pop.memory.write(users, slates, chosen, rating, cons, exp, pop.state.clock[users], consumed_topics)
+        row = np.empty((B, d + len(HISTORY_FEATURES)), np.float32)
+        row[:, :d] = chosen_row[:, :d]
+        row[:, d] = clicked_any
+        row[:, d + 1] = np.where(np.isnan(rating), 0.0, rating / 5.0)
+        row[:, d + 2] = cons
+        row[:, d + 3] = 1.0
+        self._hist[users, (pop.memory.count[users] - 1) % self.spec.history_window] = row
+        reward = r.click * resp.clicked.sum(axis=1) + r.leave * resp.leave
+        if r.consumption:
+            reward = reward + r.consumption * resp.consumption.sum(axis=1)
+        if r.rating:
+            reward = reward + r.rating * np.nansum((resp.rating - 3.0) / 2.0, axis=1)
+        return StepResult(resp, reward.astype(np.float64), slates, shifted)
+
+    def step_one(self, u: int, slate: np.ndarray, rng: np.random.Generator) -> StepResult:
+        """:meth:`step` for one user: the single env's fast path (same model, same random draws)."""
+        backend = self.backend
+        if not hasattr(backend, "decide_one"):
+            return self.step(slice(u, u + 1), slate[None, :], rng)
+        pop, cat, r = self.pop, self.catalog, self.spec.reward
+        resp = backend.decide_one(pop, u, slate, rng)
+        choice = resp.meta["choice"]
+        K = slate.size
+        d = cat.dim
+        hit = choice < K
+        if hit:
+            item = int(slate[choice])
+            cons = float(resp.consumption[0, choice])
+            rating = float(resp.rating[0, choice])
+            row = self.item_rows[item]
+            feats, topics = row[:d], row[d + 1:]
+        else:
+            item, cons, rating, feats, topics = -1, 0.0, float("nan"), None, None
+        exp = (rating - 3.0) / 2.0 if rating == rating else 2.0 * cons - 1.0
+        if not hit:
+            exp = self.dynamics.config.satisfaction.no_click
+        shown_topics = resp.meta["shown_topics"]
+        shifted = self.dynamics.step_one(
+            pop.state, u, chosen_features=feats, consumption=cons, consumed_topics=topics,
+            shown_topics=shown_topics, best_utility=max(resp.meta["utility"][0].tolist()), experience=exp,
+            rng=rng, directions=pop.directions,
+        )
+        mem = pop.memory
+        mem.write_one(u, slate, item, rating, cons, exp, float(pop.state.clock[u]), topics)
+        hrow = self._hist[u, (int(mem.count[u]) - 1) % self.spec.history_window]
+        if hit:
+            hrow[:d] = feats
+            hrow[d:] = (1.0, rating / 5.0 if rating == rating else 0.0, cons, 1.0)
+        else:
+            hrow[:] = 0.0
+            hrow[d + 3] = 1.0
+        reward = r.click * hit + r.leave * bool(resp.leave[0])
+        if r.consumption:
+            reward += r.consumption * cons
+        if r.rating and rating == rating:
+            reward += r.rating * (rating - 3.0) / 2.0
+        return StepResult(resp, np.array([float(reward)]), slate[None, :], np.array([shifted]))
+
+    def observe_one(self, u: int, cands: np.ndarray, t: int, clicks: int) -> dict[str, np.ndarray]:
+        """:meth:`observe` for one user, without the batch dimension."""
+        s = self.spec
+        inv = 1.0 / s.max_steps
+        user = np.array([
+            self._ages[u],
+            min(math.log1p(int(self.pop.state.sessions[u])) * self._inv_log_sessions, 1.0),
+            t * inv, min(clicks * inv, 1.0), min(float(self._last_gap[u]) * 1e-3, 1.0),
+        ], dtype=np.float32)
+        h, k = self._hist[u], int(self.pop.memory.count[u]) % s.history_window  # oldest record sits at slot k
+        return {"candidates": np.take(self.item_obs, cands, axis=0), "user": user,
+                "history": np.concatenate((h[k:], h[:k]))}
+
+    def backend_free_utility(self, users: np.ndarray | slice, slates: np.ndarray) -> np.ndarray:
+        """Utility under the embedded model, for dynamics when a backend (e.g. an LLM) gives none."""
+        from simrec.cognition.embedded import EmbeddedCognition
+
+        if not hasattr(self, "_ref_model"):
+            self._ref_model = EmbeddedCognition(self.spec.choice)
+        return self._ref_model.utilities(self.pop, users, slates)
+
+    # -- observations ---------------------------------------------------------------------------
+    def observe(self, users: np.ndarray | slice, cands: np.ndarray, t: np.ndarray, clicks: np.ndarray) -> dict[str, np.ndarray]:
+        """Batched observation dict; leading dim B."""
+        s, st = self.spec, self.pop.state
+        user = np.empty((cands.shape[0], len(USER_FEATURES)), np.float32)
+        user[:, 0] = self._ages[users]
+        user[:, 1] = np.minimum(np.log1p(st.sessions[users]) * self._inv_log_sessions, 1.0)
+        user[:, 2] = t * (1.0 / s.max_steps)
+        user[:, 3] = np.minimum(clicks * (1.0 / s.max_steps), 1.0)
+        user[:, 4] = np.minimum(self._last_gap[users] * 1e-3, 1.0)
+        # oldest first: ring slots count, count + 1, ... (mod window)
+        w = s.history_window
+        flat = as_index(users)[:, None] * w + (self.pop.memory.count[users][:, None] + self._hist_order) % w
+        hist = np.take(self._hist.reshape(-1, self._hist.shape[2]), flat.ravel(), axis=0).reshape(flat.shape + (-1,))
+        cand = np.take(self.item_obs, cands.ravel(), axis=0).reshape(cands.shape + (-1,))
+        return {"candidates": cand, "user": user, "history": hist}

@@ -1,0 +1,146 @@
+"""``SlateVectorEnv``: N concurrent user sessions stepped by one vectorised call."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from gymnasium.vector import AutoresetMode, VectorEnv
+from gymnasium.vector.utils import batch_space
+
+from simrec.cognition import CognitionBackend
+from simrec.envs.registration import build_world
+from simrec.envs.simulator import Simulator
+from simrec.envs.spaces import slate_action_space, validate_slates
+from simrec.envs.spec import EnvSpec, resolve_spec
+
+
+class SlateVectorEnv(VectorEnv):
+    """A population of users, ``num_envs`` of them in a session at any time.
+
+    Same observation, action, reward and episode semantics as :class:`~simrec.envs.slate_env.SlateEnv`, for
+    ``num_envs`` slots at once, computed with batched numpy (not N Python envs). A user is in at
+    most one slot at a time; the population defaults to ``max(pack size, 2 * num_envs)`` users
+    (persona instances beyond the pack get their own state).
+
+    Autoreset is ``SAME_STEP``: when a slot's session ends, the returned observation is already
+    the next user's first one; the last one is in ``info["final_obs"]`` (masked by
+    ``info["_final_obs"]``) and its info in ``info["final_info"]``. ``reset(seed=s)`` restarts
+    the population. Create with
+    ``gymnasium.make_vec("simrec/Synthetic-v0", num_envs=N, vectorization_mode="vector_entry_point")``.
+
+    ``info`` holds batched arrays: ``user`` (population index), ``t``, ``slate_items``, ``clicked``,
+    ``rating`` (0 = not rated), ``consumption``, ``leave``, ``source`` and, for logging only, ``latent`` (dict of
+    arrays: fatigue, satisfaction, boredom, taste).
+    """
+
+    metadata = {"autoreset_mode": AutoresetMode.SAME_STEP, "render_modes": []}
+
+    def __init__(self, num_envs: int = 16, spec: EnvSpec | str | Path | dict = "synthetic-v0", *,
+                 backend: CognitionBackend | str | None = None, population_size: int | None = None,
+                 **overrides: Any) -> None:
+        if isinstance(backend, str):  # a backend name ("embedded" | "llm") is a spec override
+            overrides["backend"], backend = backend, None
+        if num_envs < 1:
+            raise ValueError("num_envs must be >= 1")
+        self.sim_spec: EnvSpec = resolve_spec(spec)
+        if overrides:
+            self.sim_spec = self.sim_spec.with_overrides(**overrides)
+        s = self.sim_spec
+        world = build_world(s.world)
+        n_users = population_size or s.population_size or max(len(world.personas), 2 * num_envs)
+        if n_users < num_envs:
+            raise ValueError(f"population_size ({n_users}) must be >= num_envs ({num_envs}): a user holds one slot at a time")
+        self.sim = Simulator(s, world, backend=backend, population_size=n_users)
+        self.catalog = self.sim.catalog
+        self.num_envs = num_envs
+        self.single_observation_space = self.sim.observation_space()
+        self.single_action_space = slate_action_space(s.num_candidates, s.slate_size)
+        self.observation_space = batch_space(self.single_observation_space, num_envs)
+        self.action_space = batch_space(self.single_action_space, num_envs)
+        self.reward_bounds = self.sim.reward_bounds
+        self._users = np.zeros(num_envs, dtype=np.int64)
+        self._t = np.zeros(num_envs, dtype=np.int64)
+        self._clicks = np.zeros(num_envs, dtype=np.int64)
+        self._cands = np.zeros((num_envs, s.num_candidates), dtype=np.int64)
+        self._row_offsets = (np.arange(num_envs) * s.num_candidates)[:, None]
+        self._started = False
+
+    def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None):
+        super().reset(seed=seed)
+        if seed is not None or not self._started:
+            self.sim.reset_population(self.np_random)
+            self._started = True
+        elif self._t.any():
+            self.sim.backend.end_session(self.sim.pop, self._users[self._t > 0])
+        options = options or {}
+        if options.get("user_ids") is not None:
+            users = np.array([self.sim.pop.index_of(u) for u in options["user_ids"]], dtype=np.int64)
+            if users.shape != (self.num_envs,) or np.unique(users).size != self.num_envs:
+                raise ValueError(f"options['user_ids'] must name {self.num_envs} distinct users")
+        else:
+            users = self.sim.pick_users(self.np_random, self.num_envs)
+        self._users[:] = users
+        self.sim.start_sessions(self._users, self.np_random)
+        self._t[:] = 0
+        self._clicks[:] = 0
+        self._cands = self.sim.candidates.draw(self.np_random, self.num_envs)
+        obs = self.sim.observe(self._users, self._cands, self._t, self._clicks)
+        return obs, {"user": self._users.copy(), "t": self._t.copy(), "candidate_items": self._cands}
+
+    def step(self, actions: Any):
+        if not self._started:
+            raise RuntimeError("call reset() before step()")
+        s = self.sim_spec
+        a = np.asarray(actions)
+        if s.slate_size == 1 and a.ndim == 1:
+            a = a[:, None]
+        if a.shape[0] != self.num_envs:
+            raise ValueError(f"expected actions for {self.num_envs} envs, got shape {a.shape}")
+        a = validate_slates(a, s.num_candidates, s.slate_size)
+        slates = np.take(self._cands.ravel(), a + self._row_offsets)
+        res = self.sim.step(self._users, slates, self.np_random)
+        r = res.response
+        self._t += 1
+        self._clicks += r.clicked.sum(axis=1)
+        terminated = r.leave.copy()
+        truncated = ~terminated & (self._t >= s.max_steps)
+        info: dict[str, Any] = {
+            "user": self._users.copy(), "t": self._t.copy(), "slate_items": slates, "clicked": r.clicked,
+            "rating": np.fmax(r.rating, 0.0), "consumption": r.consumption, "leave": terminated, "source": r.source,
+            "concept_shift": res.shifted,
+        }
+        if s.log_latent:
+            st, u = self.sim.pop.state, self._users
+            info["latent"] = {"fatigue": st.fatigue[u], "satisfaction": st.satisfaction[u],
+                              "boredom": st.boredom[u], "taste": st.taste[u]}
+        self._cands = self.sim.candidates.draw(self.np_random, self.num_envs)
+        info["candidate_items"] = self._cands  # what the returned observation's candidates are
+        done = terminated | truncated
+        if done.any():
+            idx = np.flatnonzero(done)
+            final = self.sim.observe(self._users[idx], self._cands[idx], self._t[idx], self._clicks[idx])
+            final_obs = np.full(self.num_envs, None, dtype=object)
+            final_info = np.full(self.num_envs, None, dtype=object)
+            for j, i in enumerate(idx):
+                final_obs[i] = {k: v[j] for k, v in final.items()}
+                final_info[i] = {"user": int(self._users[i]), "t": int(self._t[i]), "leave": bool(terminated[i]),
+                                 "episode_clicks": int(self._clicks[i])}
+            info["final_obs"], info["_final_obs"] = final_obs, done.copy()
+            info["final_info"], info["_final_info"] = final_info, done.copy()
+            ended = self._users[idx]
+            self.sim.backend.end_session(self.sim.pop, ended)
+            busy = self._users[~done]
+            # prefer users who were not just in a session; fall back to them if the population is small
+            excl = np.concatenate([busy, ended]) if self.sim.pop.n_users - busy.size - ended.size >= idx.size else busy
+            new = self.sim.pick_users(self.np_random, idx.size, exclude=excl)
+            self._users[idx] = new
+            self.sim.start_sessions(new, self.np_random)
+            self._t[idx] = 0
+            self._clicks[idx] = 0
+        obs = self.sim.observe(self._users, self._cands, self._t, self._clicks)
+        return obs, res.reward, terminated, truncated, info
+
+    def close_extras(self, **kwargs: Any) -> None:
+        self.sim.backend.close()

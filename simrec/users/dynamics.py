@@ -1,0 +1,288 @@
+"""User-state dynamics: how taste, boredom, fatigue and satisfaction evolve.
+
+Each process is a small, seeded, vectorised function of ``(state, users, ...)`` so it can be unit
+tested alone; :class:`Dynamics` chains them after every step and between sessions.
+
+* **Drift** (taste): an Ornstein-Uhlenbeck walk around a long-term ``anchor``; exposure-driven
+  assimilation pulls taste (fast) and anchor (slow) toward consumed items -- the filter-bubble
+  mechanism; concept shifts move the anchor suddenly, at a random hazard or on a schedule.
+* **Boredom** (per topic): grows with consumption of a topic (and a little with mere exposure) and
+  decays exponentially with time, including the gap between sessions.
+* **Fatigue** (in-session): grows every step, more with poor slates, eases a little with a good
+  pick; mostly recovered between sessions. Drives the leave decision.
+* **Satisfaction** (long-term): an exponential average of experienced quality; lowers the leave
+  hazard and raises the chance the user comes back.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field
+
+from simrec.users.state import UserState, rows
+
+
+class DriftConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    theta: float = Field(0.02, ge=0, le=1, description="OU mean reversion per step toward the anchor.")
+    sigma: float = Field(0.02, ge=0, description="OU noise per step (total over all dims).")
+    assimilation: float = Field(0.05, ge=0, le=1, description="Taste pull toward a consumed item, per unit consumption.")
+    anchor_assimilation: float = Field(0.005, ge=0, le=1, description="Anchor pull toward a consumed item (long-term bubble).")
+    shift_rate: float = Field(0.0, ge=0, le=1, description="Per-step hazard of a sudden preference shift.")
+    shift_schedule: list[int] = Field(default_factory=list, description="User step counts at which a shift happens.")
+    shift_magnitude: float = Field(0.7, ge=0, le=1, description="How far the anchor moves toward a new direction.")
+
+
+class BoredomConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    growth: float = Field(0.25, ge=0, description="Boredom added to a topic per unit consumption.")
+    exposure: float = Field(0.02, ge=0, description="Boredom added per shown item of a topic, per step.")
+    decay: float = Field(0.05, ge=0, le=1, description="Fraction of boredom that fades per unit of time.")
+
+
+class FatigueConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    base: float = Field(0.02, ge=0, description="Fatigue added every step.")
+    poor_slate: float = Field(0.08, ge=0, description="Extra fatigue for a slate with nothing appealing.")
+    relief: float = Field(0.03, ge=0, description="Fatigue removed by a pick that felt good.")
+    recovery: float = Field(0.9, ge=0, le=1, description="Fraction of fatigue recovered between sessions.")
+
+
+class SatisfactionConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    rate: float = Field(0.1, ge=0, le=1, description="Weight of the newest experience in the running average.")
+    no_click: float = Field(-0.3, ge=-1, le=1, description="Experience value of a step where nothing was chosen.")
+    return_weight: float = Field(1.5, ge=0, description="How much satisfaction raises the odds of returning.")
+
+
+class SessionConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    gap_scale: float = Field(200.0, gt=0, description="Mean steps between sessions for an average-activity user.")
+
+
+class DynamicsConfig(BaseModel):
+    """All state-dynamics parameters (one section per process)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    drift: DriftConfig = Field(default_factory=DriftConfig)
+    boredom: BoredomConfig = Field(default_factory=BoredomConfig)
+    fatigue: FatigueConfig = Field(default_factory=FatigueConfig)
+    satisfaction: SatisfactionConfig = Field(default_factory=SatisfactionConfig)
+    session: SessionConfig = Field(default_factory=SessionConfig)
+
+
+# -- the processes ----------------------------------------------------------------------------------
+# ``users`` is an index array or a ``slice`` (the single-user env passes ``slice(u, u + 1)`` so that
+# reads are views); every function works with either.
+
+def _normalize_rows(x: np.ndarray) -> np.ndarray:
+    return x / np.maximum(np.sqrt(np.einsum("bd,bd->b", x, x))[:, None], 1e-8)
+
+
+def as_index(users: np.ndarray | slice) -> np.ndarray:
+    """Population indices of ``users`` as an array."""
+    return np.arange(users.start, users.stop) if isinstance(users, slice) else np.asarray(users)
+
+
+def ou_drift(state: UserState, users: np.ndarray | slice, cfg: DriftConfig, rng: np.random.Generator,
+             dt: np.ndarray | float = 1.0) -> None:
+    """Exact OU transition of taste toward anchor over ``dt`` steps (per user)."""
+    state.taste[users] = _normalize_rows(_ou_mean_and_noise(state, users, cfg, rng, dt))
+
+
+def _ou_mean_and_noise(state: UserState, users: np.ndarray | slice, cfg: DriftConfig, rng: np.random.Generator,
+                       dt: np.ndarray | float) -> np.ndarray:
+    taste, anchor = rows(state.taste, users), rows(state.anchor, users)
+    if cfg.theta == 0 and cfg.sigma == 0:
+        return taste.copy()
+    if isinstance(dt, float):  # the per-step case: scalar constants
+        decay = math.exp(-cfg.theta * dt)
+        sd = cfg.sigma * (math.sqrt((1 - decay**2) / (2 * cfg.theta)) if cfg.theta > 0 else math.sqrt(dt))
+        noise = rng.standard_normal(taste.shape, dtype=np.float32)
+        noise *= sd / math.sqrt(taste.shape[1])
+        return anchor + (taste - anchor) * decay + noise
+    dt = np.asarray(dt, dtype=np.float64)
+    if cfg.theta > 0:
+        decay = np.exp(-cfg.theta * dt)
+        sd = cfg.sigma * np.sqrt((1 - decay**2) / (2 * cfg.theta))
+    else:
+        decay, sd = np.ones_like(dt), cfg.sigma * np.sqrt(dt)
+    if dt.ndim:
+        decay, sd = decay[:, None], sd[:, None]
+    noise = rng.standard_normal(taste.shape, dtype=np.float32) * (sd / np.sqrt(taste.shape[1]))
+    return anchor + (taste - anchor) * decay + noise
+
+
+def assimilate(state: UserState, users: np.ndarray | slice, item_features: np.ndarray, amount: np.ndarray,
+               cfg: DriftConfig) -> None:
+    """Pull taste and anchor toward consumed items; ``amount`` (B,) is consumption in [0, 1] (0 = no pull)."""
+    a = amount[:, None]
+    t = state.taste[users]
+    state.taste[users] = _normalize_rows(t + cfg.assimilation * a * (item_features - t))
+    if cfg.anchor_assimilation > 0:
+        an = state.anchor[users]
+        state.anchor[users] = _normalize_rows(an + cfg.anchor_assimilation * a * (item_features - an))
+
+
+def concept_shift(state: UserState, users: np.ndarray | slice, cfg: DriftConfig, rng: np.random.Generator,
+                  directions: np.ndarray) -> np.ndarray:
+    """Apply sudden preference shifts; returns the bool mask (B,) of users that shifted.
+
+    A shifting user's anchor moves ``shift_magnitude`` of the way toward a random topic direction,
+    and taste jumps halfway there: a new life phase, not a slow drift.
+    """
+    steps = state.steps_total[users]
+    shifted = np.zeros(steps.shape, dtype=bool)
+    if cfg.shift_rate > 0:
+        shifted |= rng.random(steps.shape) < cfg.shift_rate
+    if cfg.shift_schedule:
+        shifted |= np.isin(steps, cfg.shift_schedule)
+    if shifted.any():
+        su = as_index(users)[shifted]
+        target = directions[rng.integers(0, directions.shape[0], size=su.size)]
+        m = cfg.shift_magnitude
+        state.anchor[su] = _normalize_rows((1 - m) * state.anchor[su] + m * target)
+        state.taste[su] = _normalize_rows(0.5 * state.taste[su] + 0.5 * state.anchor[su])
+    return shifted
+
+
+def update_boredom(state: UserState, users: np.ndarray | slice, consumed_topics: np.ndarray,
+                   shown_topics: np.ndarray, cfg: BoredomConfig, dt: float = 1.0) -> None:
+    """Decay boredom over ``dt``, then add consumption (B, T) and exposure (B, T) contributions."""
+    b = rows(state.boredom, users) * (1.0 - cfg.decay) ** dt
+    b += cfg.growth * consumed_topics
+    b += cfg.exposure * shown_topics
+    state.boredom[users] = b
+
+
+def decay_boredom(state: UserState, users: np.ndarray | slice, cfg: BoredomConfig, dt: np.ndarray) -> None:
+    """Let per-topic boredom fade over per-user gaps ``dt`` (B,): ``b *= (1 - decay) ** dt``."""
+    state.boredom[users] *= ((1.0 - cfg.decay) ** dt)[:, None]
+
+
+def _exp(x):
+    return math.exp(x) if isinstance(x, float) else np.exp(x)
+
+
+def _clip(x, lo: float, hi: float):
+    return min(max(x, lo), hi) if isinstance(x, float) else np.clip(x, lo, hi)
+
+
+def next_fatigue(fatigue, best_utility, good_pick, cfg: FatigueConfig):
+    """Fatigue grows each step, more when the best item on the slate was unappealing (floats or arrays)."""
+    poor = 1.0 / (1.0 + _exp(2.0 * best_utility))  # ~1 when the best item is bad, ~0 when great
+    return _clip(fatigue + cfg.base + cfg.poor_slate * poor - cfg.relief * good_pick, 0.0, 1.0)
+
+
+def next_satisfaction(satisfaction, experience, cfg: SatisfactionConfig):
+    """Exponential average of experienced quality in [-1, 1] (floats or arrays)."""
+    return _clip((1 - cfg.rate) * satisfaction + cfg.rate * experience, -1.0, 1.0)
+
+
+def update_fatigue(state: UserState, users: np.ndarray | slice, best_utility: np.ndarray, good_pick: np.ndarray,
+                   cfg: FatigueConfig) -> None:
+    """Advance in-session fatigue of ``users`` one step (see :func:`next_fatigue`)."""
+    state.fatigue[users] = next_fatigue(state.fatigue[users], best_utility, good_pick, cfg)
+
+
+def update_satisfaction(state: UserState, users: np.ndarray | slice, experience: np.ndarray,
+                        cfg: SatisfactionConfig) -> None:
+    """Fold one step's ``experience`` (B,) into long-term satisfaction (see :func:`next_satisfaction`)."""
+    state.satisfaction[users] = next_satisfaction(state.satisfaction[users], experience, cfg)
+
+
+def experience_of(rating: np.ndarray, consumption: np.ndarray, clicked_any: np.ndarray, cfg: SatisfactionConfig) -> np.ndarray:
+    """Experienced quality of a step in [-1, 1]: rating when given, else consumption; no click is negative."""
+    exp = np.where(np.isnan(rating), 2.0 * consumption - 1.0, (rating - 3.0) / 2.0)
+    return np.where(clicked_any, exp, cfg.no_click).astype(np.float32)
+
+
+class Dynamics:
+    """Applies the processes above in a fixed order after each step and between sessions."""
+
+    def __init__(self, config: DynamicsConfig | dict | None = None) -> None:
+        self.config = config if isinstance(config, DynamicsConfig) else DynamicsConfig(**(config or {}))
+        d = self.config.drift
+        self._ou_decay1 = math.exp(-d.theta)
+        self._ou_sd1 = d.sigma * (math.sqrt((1 - self._ou_decay1**2) / (2 * d.theta)) if d.theta > 0 else 1.0)
+
+    def step(self, state: UserState, users: np.ndarray | slice, *, chosen_features: np.ndarray,
+             consumption: np.ndarray, consumed_topics: np.ndarray, shown_topics: np.ndarray,
+             best_utility: np.ndarray, experience: np.ndarray, rng: np.random.Generator,
+             directions: np.ndarray) -> np.ndarray:
+        """Advance ``users`` one step; returns the concept-shift mask (B,).
+
+        Order: OU drift and assimilation (one renormalisation), concept shift, boredom, fatigue,
+        satisfaction. Rows that consumed nothing have ``consumption == 0`` and are not pulled.
+        """
+        c = self.config
+        d = c.drift
+        state.clock[users] += 1.0
+        state.steps_total[users] += 1
+        t = _ou_mean_and_noise(state, users, d, rng, 1.0)
+        a = (d.assimilation * consumption)[:, None]
+        state.taste[users] = _normalize_rows(t + a * (chosen_features - t))
+        if d.anchor_assimilation > 0:
+            an = rows(state.anchor, users)
+            state.anchor[users] = _normalize_rows(an + (d.anchor_assimilation * consumption)[:, None] * (chosen_features - an))
+        shifted = concept_shift(state, users, d, rng, directions)
+        update_boredom(state, users, consumed_topics, shown_topics, c.boredom)
+        update_fatigue(state, users, best_utility, experience > 0, c.fatigue)
+        update_satisfaction(state, users, experience, c.satisfaction)
+        return shifted
+
+    def step_one(self, state: UserState, u: int, *, chosen_features: np.ndarray | None, consumption: float,
+                 consumed_topics: np.ndarray | None, shown_topics: np.ndarray, best_utility: float,
+                 experience: float, rng: np.random.Generator, directions: np.ndarray) -> bool:
+        """:meth:`step` for one user (the single env's fast path): same processes, same random draws."""
+        c = self.config
+        d = c.drift
+        state.clock[u] += 1.0
+        state.steps_total[u] += 1
+        taste, anchor = state.taste[u], state.anchor[u]  # views: updated in place
+        if d.theta or d.sigma:  # OU step, as _ou_mean_and_noise with dt = 1 (same draws)
+            noise = rng.standard_normal(taste.size, dtype=np.float32)
+            noise *= self._ou_sd1 / math.sqrt(taste.size)
+            t = anchor + (taste - anchor) * self._ou_decay1 + noise
+        else:
+            t = taste.copy()
+        if chosen_features is not None and consumption > 0:
+            t += (d.assimilation * consumption) * (chosen_features - t)
+            if d.anchor_assimilation > 0:
+                an = anchor + (d.anchor_assimilation * consumption) * (chosen_features - anchor)
+                anchor[:] = an / max(math.sqrt(float(an @ an)), 1e-8)
+        taste[:] = t / max(math.sqrt(float(t @ t)), 1e-8)
+        shifted = bool(concept_shift(state, slice(u, u + 1), d, rng, directions)[0]) if (d.shift_rate > 0 or d.shift_schedule) else False
+        b = state.boredom[u]
+        b *= 1.0 - c.boredom.decay
+        if consumed_topics is not None:
+            b += c.boredom.growth * consumed_topics
+        b += c.boredom.exposure * shown_topics
+        state.fatigue[u] = next_fatigue(float(state.fatigue[u]), best_utility, float(experience > 0), c.fatigue)
+        state.satisfaction[u] = next_satisfaction(float(state.satisfaction[u]), experience, c.satisfaction)
+        return shifted
+
+    def between_sessions(self, state: UserState, users: np.ndarray | slice, activity: np.ndarray,
+                         rng: np.random.Generator) -> np.ndarray:
+        """Let time pass before each user's next session; returns the gaps (in steps)."""
+        c = self.config
+        gap = rng.exponential(c.session.gap_scale * (1.5 - activity))
+        gap = np.where(state.sessions[users] > 0, gap, 0.0)  # the first session has no gap before it
+        state.clock[users] += gap
+        ou_drift(state, users, c.drift, rng, dt=gap)
+        decay_boredom(state, users, c.boredom, gap)
+        state.fatigue[users] *= 1.0 - c.fatigue.recovery
+        state.sessions[users] += 1
+        return gap
+
+    def return_weights(self, state: UserState, activity: np.ndarray) -> np.ndarray:
+        """Relative chance that each user starts the next session (activity x satisfaction)."""
+        return (0.2 + activity) * np.exp(self.config.satisfaction.return_weight * state.satisfaction)
