@@ -388,3 +388,20 @@ def test_config_is_validated():
         SanitizeConfig(mode="loose")
     with pytest.raises(ValueError):
         SanitizeConfig(titles="real", unknown=1)
+
+
+def test_internal_word_inside_a_catalog_title_is_not_an_internal_leak() -> None:
+    """A film called "Embedded" is catalog text; the same word elsewhere is still flagged (found by
+    tests/test_leakage_http.py's hypothesis search: strict mode refused every prompt showing that title)."""
+    from simrec.catalog import Catalog
+    from simrec.llm.sanitize import Sanitizer
+
+    n = 3
+    cat = Catalog(ids=[f"it{i}" for i in range(n)], titles=["Aaaa Embedding", "Reward, The (1990)", "Plain"],
+                  descriptions=["x"] * n, topic_names=["a"], item_topics=[["a"]] * n,
+                  features=np.eye(n, 4, dtype=np.float32), quality=np.full(n, 0.5, np.float32),
+                  year=np.array([0, 1990, 0]), popularity=np.full(n, 0.1, np.float32))
+    san = Sanitizer(cat, {"mode": "strict", "internal_terms": ["embedding", "reward"]})
+    assert san.audit('You may watch "Aaaa Embedding" or "The Reward (1990)".').ok
+    res = san.audit('Your embedding says you like it; the reward is high.')
+    assert not res.ok and {v.detail for v in res.violations} == {"internal term 'embedding'", "internal term 'reward'"}

@@ -463,6 +463,15 @@ class Sanitizer:
                                  + r")(?!\w)") if terms else None)
         self._held = _TitleIndex((), catalog, self._variants)
         self.set_held_out(held_out)
+        # Titles that themselves contain an internal word ("Embedded", "The Reward"): that word inside the
+        # rendered title is catalog text, not a simulator internal, and must not make strict mode refuse.
+        self._term_titles: dict[str, set[str]] = {}
+        if self._internal is not None:
+            for t in catalog.titles:
+                for form in {t.strip(), display_title(t)}:
+                    for m in self._internal.finditer(form, _lower(form)):
+                        key = _WS.sub(" ", form[m.start():m.end()].lower())
+                        self._term_titles.setdefault(key, set()).add(form.lower())
 
     @classmethod
     def for_population(cls, pop: "Population", config: SanitizeConfig | dict | None = None,
@@ -644,6 +653,8 @@ class Sanitizer:
             found.append((a, b, Violation(kind="held_out_title", detail=detail)))
         if self._internal is not None:
             for m in self._internal.finditer(text, low):
+                if self._term_titles and low is not None and self._inside_title(low, m.start(), m.end()):
+                    continue
                 found.append((m.start(), m.end(),
                               Violation(kind="internal", detail=f"internal term '{text[m.start():m.end()]}'")))
         if self.config.check_numbers:
@@ -673,6 +684,16 @@ class Sanitizer:
                 seen.add((a, b, v.kind))
                 unique.append((a, b, v))
         return unique
+
+    def _inside_title(self, low: str, a: int, b: int) -> bool:
+        """Whether ``low[a:b]`` (an internal term) lies inside a catalog title that contains it."""
+        for title in self._term_titles.get(_WS.sub(" ", low[a:b]), ()):
+            start = low.find(title, max(0, b - len(title)))
+            while 0 <= start <= a:
+                if start + len(title) >= b:
+                    return True
+                start = low.find(title, start + 1)
+        return False
 
     def _count(self, violations: list[Violation], redactions: int = 0, raised: bool = False) -> None:
         with self._lock:
