@@ -4,7 +4,7 @@ Importing simrec registers its Gymnasium environments (``simrec/Synthetic-v0``, 
 
 The package, bottom layer first (each may import only the layers before it; ``tests/test_layers.py``
 checks this): ``errors``/``version``, ``catalog``, ``users``, ``llm``, ``cognition``, ``envs``, ``data``,
-``trajectory``, ``recommenders``, ``analysis``, then ``cli`` and this facade. ``simrec.sb3`` and
+``trajectory``, ``recommenders``, ``analysis``, ``evaluation``, ``stress``, then ``cli`` and this facade. ``simrec.sb3`` and
 ``simrec.wrappers`` are short public paths into ``simrec.envs``.
 """
 

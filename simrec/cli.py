@@ -81,42 +81,6 @@ def make_env(args: argparse.Namespace, backend_config: dict[str, Any] | None = N
     return SlateEnv(spec)
 
 
-def load_policy(path: str, algo: str, env: Any) -> Any:
-    """A stable-baselines3 model from ``path`` as a recommender for ``env``.
-
-    The wrappers are inferred from the model's spaces: a ``Box`` action means per-candidate scores
-    (:class:`~simrec.envs.wrappers.TopKScores`), a ``MultiDiscrete`` one repaired slates
-    (:class:`~simrec.envs.wrappers.RepairSlate`); a flat ``Box`` observation means ``FlattenObservation``.
-    """
-    try:
-        import stable_baselines3 as sb3
-    except ImportError:
-        raise CLIError("--policy needs stable-baselines3. Fix: pip install -e .[rl]") from None
-    from gymnasium import spaces
-    from gymnasium.wrappers import FlattenObservation
-
-    from simrec.recommenders import SB3Policy
-    from simrec.envs.wrappers import RepairSlate, TopKScores
-
-    cls = getattr(sb3, algo.upper(), None)
-    if cls is None:
-        raise CLIError(f"unknown --algo {algo!r}. Fix: use an SB3 algorithm name such as ppo, a2c, sac")
-    if not Path(path).exists() and not Path(path + ".zip").exists():
-        raise CLIError(f"{path}: no such model file")
-    model = cls.load(path, device="cpu")
-    wrapped = env
-    if isinstance(model.action_space, spaces.Box):
-        wrapped = TopKScores(wrapped)
-    elif isinstance(model.action_space, spaces.MultiDiscrete) and not isinstance(env.action_space, spaces.Discrete):
-        wrapped = RepairSlate(wrapped)
-    if isinstance(model.observation_space, spaces.Box) and isinstance(env.observation_space, spaces.Dict):
-        wrapped = FlattenObservation(wrapped)
-    if model.observation_space.shape != wrapped.observation_space.shape:
-        raise CLIError(f"{path}: the model expects observations of shape {model.observation_space.shape}, "
-                       f"this env gives {wrapped.observation_space.shape}. Fix: use the env it was trained on.")
-    return SB3Policy(model, wrapped)
-
-
 def run_recommender(env: Any, recommender: Any, episodes: int, seed: int, out: str | Path | None, *,
                     name: str, overwrite: bool = False, progress: bool = True, flush_every: int = 1,
                     metadata: dict[str, Any] | None = None) -> tuple[dict[str, float], Any]:
@@ -142,7 +106,9 @@ def _make_recommender(args: argparse.Namespace, env: Any, name: str) -> Any:
     from simrec.recommenders import make_recommender
 
     if getattr(args, "policy", None):
-        return load_policy(args.policy, args.algo, env)
+        from simrec.recommenders.policy import load_sb3_policy
+
+        return load_sb3_policy(args.policy, args.algo, env)
     return make_recommender(name, env.action_space, seed=args.seed)
 
 
@@ -324,19 +290,31 @@ def cmd_replay(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_fidelity(args: argparse.Namespace) -> int:
-    fid = _import_fidelity()
-    return int(fid.run_cli(args) or 0)
+#: Commands whose code lives with its subject: ``name -> (module, help)``. Each module has
+#: ``add_arguments(parser)`` and ``run_cli(args) -> int`` and is imported only when its command runs.
+MODULE_COMMANDS: dict[str, tuple[str, str]] = {
+    "fidelity": ("simrec.data.fidelity", "measure simulator fidelity against real ratings (see simrec.data.fidelity)"),
+    "compare": ("simrec.evaluation.compare", "run several recommenders on the same users and seeds, one table"),
+    "agreement": ("simrec.evaluation.agreement", "do recommenders rank the same in simulation as on real held-out data?"),
+    "export-minari": ("simrec.trajectory.export_minari", "export a trajectory log as a Minari dataset (offline RL)"),
+    "report": ("simrec.analysis.report", "write a self-contained HTML report of runs or of a result JSON"),
+    "stress": ("simrec.stress.runner", "stress tests of recommenders: `simrec stress list`, `simrec stress run NAME`"),
+}
 
 
-def _import_fidelity() -> Any:
+def _import_command(name: str) -> Any:
+    module = MODULE_COMMANDS[name][0]
     try:  # import_module reads sys.modules, so a substituted module is honoured
-        fid = importlib.import_module("simrec.data.fidelity")
+        mod = importlib.import_module(module)
     except ImportError as e:
-        raise CLIError(f"`simrec fidelity` is unavailable: simrec.data.fidelity could not be imported ({e}).") from None
-    if not hasattr(fid, "add_arguments") or not hasattr(fid, "run_cli"):
-        raise CLIError("`simrec fidelity` is unavailable: simrec.data.fidelity has no add_arguments/run_cli.")
-    return fid
+        raise CLIError(f"`simrec {name}` is unavailable: {module} could not be imported ({e}).") from None
+    if not hasattr(mod, "add_arguments") or not hasattr(mod, "run_cli"):
+        raise CLIError(f"`simrec {name}` is unavailable: {module} has no add_arguments/run_cli.")
+    return mod
+
+
+def cmd_module(args: argparse.Namespace) -> int:
+    return int(_import_command(args.command).run_cli(args) or 0)
 
 
 # -- parser ---------------------------------------------------------------------------------------
@@ -416,16 +394,17 @@ def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true")
     p.set_defaults(func=cmd_replay)
 
-    # simrec.data.fidelity (and its data dependencies) is imported only when this command is used
+    # each module command's code (and its dependencies) is imported only when that command is used
     argv = list(sys.argv[1:] if argv is None else argv)
-    p = sub.add_parser("fidelity", help="measure simulator fidelity against real ratings (see simrec.data.fidelity)")
-    p.set_defaults(func=cmd_fidelity)
-    parser.set_defaults(fidelity_error=None)
-    if argv and argv[0] == "fidelity":
-        try:
-            _import_fidelity().add_arguments(p)
-        except CLIError as e:  # reported by main() instead of a confusing usage error
-            parser.set_defaults(fidelity_error=e)
+    parser.set_defaults(command_error=None)
+    for name, (_, help_text) in MODULE_COMMANDS.items():
+        p = sub.add_parser(name, help=help_text)
+        p.set_defaults(func=cmd_module)
+        if argv and argv[0] == name:
+            try:
+                _import_command(name).add_arguments(p)
+            except CLIError as e:  # reported by main() instead of a confusing usage error
+                parser.set_defaults(command_error=e)
     return parser
 
 
@@ -433,9 +412,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``simrec`` console script; returns the exit status."""
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser(argv)
-    err = parser.get_default("fidelity_error")
+    err = parser.get_default("command_error")
     if err is not None:
-        print(f"simrec fidelity: error: {err}", file=sys.stderr)
+        print(f"simrec {argv[0]}: error: {err}", file=sys.stderr)
         return 2
     args = parser.parse_args(argv)
     if not getattr(args, "command", None):

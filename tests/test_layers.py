@@ -27,6 +27,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("simrec.recommenders",),
     ("simrec.analysis",),
     ("simrec.evaluation",),
+    ("simrec.stress",),
     ("simrec.cli", "simrec.__main__", "simrec.sb3", "simrec.wrappers", "simrec"),  # entry points and facade
 ]
 

@@ -10,15 +10,15 @@ from hypothesis import strategies as st
 
 from simrec.envs.slate_env import SlateEnv
 from simrec.recommenders import (
-    RECOMMENDERS,
     LinUCBRecommender,
     SB3Policy,
     item_feedback,
     make_recommender,
+    online_names,
     run_episodes,
 )
 
-NAMES = sorted(RECOMMENDERS)
+NAMES = sorted(online_names())  # fitted ones and the oracle: tests/test_zoo.py
 
 
 @pytest.fixture(scope="module")

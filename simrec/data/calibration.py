@@ -590,7 +590,8 @@ def openai_completer(base_url: str, model: str, api_key: str = "not-needed", tem
 # -- calibration -----------------------------------------------------------------------------------
 
 
-def _persona_id(raw: str) -> str:
+def persona_id(raw: str) -> str:
+    """The persona id of a log's raw user id (what the env reports as ``info['user_id']``)."""
     # Numeric ids ("196") would collide with numbers in prompts; the sanitizer treats user ids as secrets.
     return raw if raw[:1].isalpha() else f"u{raw}"
 
@@ -690,7 +691,7 @@ def calibrate(train: InteractionLog, config: CalibrationConfig | dict | None = N
         raw = train.users.ids[uidx]
         age = int(train.users.ages[uidx])
         personas.append(Persona(
-            id=_persona_id(raw), name=f"Viewer {raw}", age=min(max(age, 10), 110) if age else 35,
+            id=persona_id(raw), name=f"Viewer {raw}", age=min(max(age, 10), 110) if age else 35,
             occupation=train.users.occupations[uidx] or "other",
             description=describe_user(train, int(uidx), rows, st, cfg.max_history_titles, titles),
             traits=Traits(**{k: round(float(v), 6) for k, v in zip(("activity", "conformity", "diversity",

@@ -15,6 +15,9 @@ class CandidateGenerator:
     rows are windows of one fresh random permutation of the catalog, each at its own random
     offset: distinct within a row, uniform over the catalog, and ``O(n_items)`` per batch rather
     than per row. ``popular_mix`` fills part of each row by Gumbel top-k on log popularity.
+
+    :meth:`set_available` restricts every draw to part of the catalog (items not released yet, say); with
+    no restriction (the default) the draws and their random streams are the plain generator's.
     """
 
     def __init__(self, catalog: Catalog, num_candidates: int, config: CandidateConfig | None = None) -> None:
@@ -23,8 +26,13 @@ class CandidateGenerator:
         self.n = len(catalog)
         self.k = num_candidates
         self.config = config or CandidateConfig()
+        if self.config.kind == "catalog" and num_candidates != len(catalog):
+            raise ValueError(f"candidates kind 'catalog' shows all {len(catalog)} items; set num_candidates={len(catalog)} "
+                             f"(got {num_candidates})")
         self._offsets = np.arange(num_candidates)
         self._logpop = np.log(catalog.popularity.astype(np.float64) + 0.01)
+        self._avail: np.ndarray | None = None  # catalog indices that may be drawn; None = all
+        self._mask: np.ndarray | None = None
         self.reset()
 
     def reset(self) -> None:
@@ -32,9 +40,42 @@ class CandidateGenerator:
         self._buf: list[int] = []
         self._pos = 0
 
+    @property
+    def available(self) -> np.ndarray | None:
+        """The ``(n_items,)`` bool mask of items that may be drawn, or ``None`` when all may."""
+        return None if self._mask is None else self._mask.copy()
+
+    def set_available(self, mask: np.ndarray | None) -> None:
+        """Draw only items where ``mask`` (``(n_items,)`` bool) is true; ``None`` (or an all-true mask) lifts
+        the restriction. Every kind but ``catalog`` honours it (``catalog`` shows every item by definition,
+        so a mask raises); at least ``num_candidates`` items must stay available. A masked uniform draw
+        samples positions in the available pool with the plain algorithm and maps them to catalog indices;
+        ``popular_mix`` keeps its random stream and pushes unavailable items out of both halves."""
+        if mask is None:
+            new = None
+        else:
+            m = np.asarray(mask, dtype=bool).reshape(-1)
+            if m.size != self.n:
+                raise ValueError(f"set_available: mask has {m.size} entries, the catalog {self.n} items")
+            new = None if m.all() else m.copy()
+        if new is not None and self.config.kind == "catalog":
+            raise ValueError("set_available: candidates kind 'catalog' shows every item in index order, so it "
+                             "cannot hide any. Fix: use kind 'uniform' or 'popular_mix' to restrict the pool")
+        if new is not None and int(new.sum()) < self.k:
+            raise ValueError(f"set_available: {int(new.sum())} items available, fewer than num_candidates ({self.k})")
+        changed = (new is None) != (self._mask is None) or (new is not None and not np.array_equal(new, self._mask))
+        self._mask = new
+        self._avail = None if new is None else np.flatnonzero(new)
+        if changed:  # buffered draws are positions in the previous pool
+            self.reset()
+
     def draw(self, rng: np.random.Generator, batch: int) -> np.ndarray:
+        if self._avail is not None:
+            return self._draw_masked(rng, batch)
         if self.config.kind == "popular_mix":
             return self._popular_mix(rng, batch)
+        if self.config.kind == "catalog":
+            return np.tile(self._offsets, (batch, 1))
         if batch == 1:
             return self._draw_one(rng)
         perm = rng.permutation(self.n)
@@ -42,32 +83,49 @@ class CandidateGenerator:
         start = rng.integers(0, self.n, size=(batch, 1))
         return np.take(perm, start + self._offsets)
 
-    def _draw_one(self, rng: np.random.Generator) -> np.ndarray:
-        """Sequential sampling without replacement: uniform draws, duplicates skipped.
+    def _draw_masked(self, rng: np.random.Generator, batch: int) -> np.ndarray:
+        avail = self._avail
+        if self.config.kind == "popular_mix":
+            return self._popular_mix(rng, batch, self._mask)
+        if batch == 1:
+            return avail[self._draw_one(rng, avail.size)]
+        perm = rng.permutation(avail.size)
+        perm = np.concatenate((perm, perm[: self.k]))
+        start = rng.integers(0, avail.size, size=(batch, 1))
+        return avail[np.take(perm, start + self._offsets)]
+
+    def _draw_one(self, rng: np.random.Generator, n: int | None = None) -> np.ndarray:
+        """Sequential sampling without replacement from ``range(n)`` (default: the catalog): uniform draws,
+        duplicates skipped.
 
         Uniform integers are drawn from ``rng`` in blocks and consumed in order, so the result is a
         deterministic function of the rng's stream, at a fraction of ``rng.choice``'s cost.
         """
         k = self.k
+        n = self.n if n is None else n
         take = k + 8 + k // 4
-        if 2 * k > self.n:  # dense draws: rejection would loop; a permutation is cheaper
-            return rng.permutation(self.n)[:k][None, :]
+        if 2 * k > n:  # dense draws: rejection would loop; a permutation is cheaper
+            return rng.permutation(n)[:k][None, :]
         if self._pos + take > len(self._buf):
-            self._buf = rng.integers(0, self.n, size=64 * take).tolist()
+            self._buf = rng.integers(0, n, size=64 * take).tolist()
             self._pos = 0
         chunk = self._buf[self._pos:self._pos + take]
         self._pos += take
         uniq = list(dict.fromkeys(chunk))
         if len(uniq) < k:  # rare: too many repeats in this chunk
-            return rng.choice(self.n, size=(1, k), replace=False)
+            return rng.choice(n, size=(1, k), replace=False)
         return np.array(uniq[:k])[None, :]
 
-    def _popular_mix(self, rng: np.random.Generator, batch: int) -> np.ndarray:
-        m = int(round(self.config.popular_fraction * self.k))
+    def _popular_mix(self, rng: np.random.Generator, batch: int, mask: np.ndarray | None = None) -> np.ndarray:
+        m = round(self.config.popular_fraction * self.k)
         g = self._logpop + rng.gumbel(size=(batch, self.n))
+        if mask is not None:  # same random numbers as unmasked; unavailable items can never win a slot
+            g[:, ~mask] = -np.inf
         pop = np.argpartition(-g, m - 1, axis=1)[:, :m] if m > 0 else np.empty((batch, 0), np.int64)
         # fill the rest uniformly among items not already taken (random keys, taken ones pushed last)
         keys = rng.random((batch, self.n))
+        if mask is not None:
+            keys[:, ~mask] = 3.0  # behind the taken ones, so the k - m smallest are all available
         np.put_along_axis(keys, pop, 2.0, axis=1)
         rest = np.argpartition(keys, self.k - m - 1, axis=1)[:, : self.k - m] if self.k > m else np.empty((batch, 0), np.int64)
         out = np.concatenate([pop, rest], axis=1)

@@ -40,11 +40,13 @@ class CandidateConfig(BaseModel):
     * ``uniform``: distinct items uniformly at random.
     * ``popular_mix``: a ``popular_fraction`` of the candidates drawn in proportion to popularity,
       the rest uniformly.
+    * ``catalog``: the whole catalog, in index order, every step (``num_candidates`` must equal the
+      catalog size): the recommender ranks the same pool an offline metric ranks.
     """
 
     model_config = ConfigDict(extra="forbid")
 
-    kind: Literal["uniform", "popular_mix"] = "uniform"
+    kind: Literal["uniform", "popular_mix", "catalog"] = "uniform"
     popular_fraction: float = Field(0.5, ge=0, le=1)
 
 

@@ -16,8 +16,9 @@ A :class:`Sanitizer` does two jobs:
   - other users' ids and full names.
 
   In ``strict`` mode a violation raises :class:`LeakageError`; in ``redact`` mode the offending
-  spans are replaced by ``[redacted]``. Every call returns an :class:`AuditResult` for logging and
-  adds to the per-run :attr:`Sanitizer.counts`.
+  spans are replaced by ``[redacted]``; in ``off`` mode (for measuring what an unprotected
+  pipeline leaks) nothing is raised, redacted or withheld. Every call returns an
+  :class:`AuditResult` for logging and adds to the per-run :attr:`Sanitizer.counts`.
 
 Cost: titles are normalised once; per prompt, held-out titles are found through a token index of
 the held-out set only (no per-catalog difflib calls), and catalog/user ids by one compiled trie
@@ -51,7 +52,7 @@ VIOLATION_KINDS: tuple[str, ...] = ("held_out_id", "held_out_title", "catalog_id
 REDACTED = "[redacted]"
 #: What :meth:`Sanitizer.item_label` renders for a held-out item; any audit reports it as a
 #: ``held_out_id`` violation (strict raises, redact replaces it), so a held-out item that a caller
-#: puts on a page or in a memory never reaches the LLM, whatever the title mode.
+#: puts on a page or in a memory never reaches the LLM, whatever the title mode (except in ``off`` mode).
 WITHHELD = "[withheld item]"
 
 #: Leading articles dropped from normalised titles (English plus the common MovieLens ones).
@@ -118,8 +119,9 @@ class SanitizeConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    mode: Literal["strict", "redact"] = Field(
-        "redact", description="strict: raise LeakageError on any violation; redact: replace offending spans.")
+    mode: Literal["strict", "redact", "off"] = Field(
+        "redact", description="strict: raise LeakageError on any violation; redact: replace offending spans; "
+                              "off: audit and count only, never withhold, redact or raise (leakage studies).")
     titles: Literal["real", "pseudonym", "attributes"] = Field(
         "real", description="How items are named: real titles, stable made-up titles, or coarsened attributes only.")
     fuzzy_threshold: float = Field(
@@ -550,9 +552,9 @@ class Sanitizer:
         return self._pseudonym_list()[int(i)]
 
     def item_label(self, i: int) -> str:
-        """What the LLM sees as item ``i``'s name; :data:`WITHHELD` for a held-out item."""
+        """What the LLM sees as item ``i``'s name; :data:`WITHHELD` for a held-out item (unless ``off``)."""
         i = int(i)
-        if i in self._held.items:
+        if i in self._held.items and self.config.mode != "off":
             return WITHHELD
         lab = self._labels.get(i)
         if lab is None:
@@ -573,9 +575,10 @@ class Sanitizer:
         ``pseudonym``: the same with the item's own title removed and years coarsened to decades.
         ``attributes``: popularity only (the label carries the coarsened attributes).
         Items in the top fifth by popularity are marked "popular", the bottom fifth "little known".
+        A held-out item has none (unless ``off``).
         """
         i = int(i)
-        if i in self._held.items:
+        if i in self._held.items and self.config.mode != "off":
             return ""
         b = self._blurbs.get(i)
         if b is None:
@@ -722,14 +725,15 @@ class Sanitizer:
         return (REDACTED, total + 1) if found else (text, total)
 
     def enforce_text(self, text: str, *, user_id: str | None = None) -> tuple[str, AuditResult]:
-        """Audit one text (e.g. a reply); strict -> raise :class:`LeakageError`, redact -> redacted text."""
+        """Audit one text (e.g. a reply); strict -> raise :class:`LeakageError`, redact -> redacted text,
+        off -> the text unchanged."""
         found = self._scan(text, user_id)
         violations = [v for _, _, v in found]
         if found and self.config.mode == "strict":
             res = AuditResult(ok=False, violations=violations)
             self._count(violations, raised=True)
             raise LeakageError(res)
-        text, n = self._redact(text, user_id, found)
+        text, n = self._redact(text, user_id, found if self.config.mode != "off" else [])
         res = AuditResult(ok=not found, violations=violations, redactions=n)
         self._count(violations, n)
         return text, res
@@ -738,8 +742,9 @@ class Sanitizer:
         """Audit every message of a chat prompt.
 
         strict: raise :class:`LeakageError` on any violation. redact: return copies of the messages
-        with offending spans replaced by :data:`REDACTED`. ``user_id`` is the prompted user (exempt
-        from the other-user check). The input list is never modified.
+        with offending spans replaced by :data:`REDACTED`. off: unchanged copies (violations still
+        counted). ``user_id`` is the prompted user (exempt from the other-user check). The input list
+        is never modified.
         """
         out: list[dict] = []
         violations: list[Violation] = []
@@ -763,7 +768,7 @@ class Sanitizer:
             raise LeakageError(res)
         total = 0
         for mi, pi, text, found in pending:
-            if not found:
+            if not found or self.config.mode == "off":
                 continue
             new, n = self._redact(text, user_id, found)
             total += n

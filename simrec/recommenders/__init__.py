@@ -28,7 +28,20 @@ from gymnasium import spaces
 from simrec.recommenders.bandits import EpsilonGreedyRecommender, LinUCBRecommender, bandit_features
 from simrec.recommenders.base import Recommender, history_profile, item_feedback, run_episodes, slate_shape
 from simrec.recommenders.baselines import GreedyContentRecommender, PopularRecommender, RandomRecommender
+from simrec.recommenders.controls import OracleRecommender, WorstOfRecommender
+from simrec.recommenders.ease import EASERecommender
+from simrec.recommenders.fitted import (
+    FittedRecommender,
+    Interactions,
+    MostPopularRecommender,
+    RandomUnseenRecommender,
+)
+from simrec.recommenders.knn import ItemKNNRecommender
+from simrec.recommenders.llm_ranker import LLMRankerRecommender
+from simrec.recommenders.mf import ALSRecommender, BPRRecommender
 from simrec.recommenders.policy import SB3Policy
+from simrec.recommenders.sequential import SASRecRecommender
+from simrec.recommenders.vae import MultVAERecommender
 
 #: Names accepted by :func:`make_recommender` and the CLI.
 RECOMMENDERS: dict[str, type[Recommender]] = {
@@ -37,7 +50,28 @@ RECOMMENDERS: dict[str, type[Recommender]] = {
     "greedy": GreedyContentRecommender,
     "egreedy": EpsilonGreedyRecommender,
     "linucb": LinUCBRecommender,
+    "mostpop": MostPopularRecommender,
+    "random-unseen": RandomUnseenRecommender,
+    "itemknn": ItemKNNRecommender,
+    "als": ALSRecommender,
+    "bpr": BPRRecommender,
+    "ease": EASERecommender,
+    "sasrec": SASRecRecommender,
+    "multvae": MultVAERecommender,
+    "bad": WorstOfRecommender,
+    "oracle": OracleRecommender,
+    "llm": LLMRankerRecommender,
 }
+
+
+def fitted_names() -> list[str]:
+    """Names of the recommenders that must be fitted on logged interactions before they act."""
+    return [n for n, c in RECOMMENDERS.items() if issubclass(c, FittedRecommender)]
+
+
+def online_names() -> list[str]:
+    """Names of the recommenders that act from the observation alone (no fit, no env access)."""
+    return [n for n, c in RECOMMENDERS.items() if not issubclass(c, FittedRecommender) and not c.needs_env]
 
 
 def make_recommender(name: str, action_space: spaces.Space, *, seed: int | None = None, **kwargs: Any) -> Recommender:
@@ -46,11 +80,20 @@ def make_recommender(name: str, action_space: spaces.Space, *, seed: int | None 
         cls = RECOMMENDERS[name]
     except KeyError:
         raise ValueError(f"unknown recommender {name!r}; choose one of {sorted(RECOMMENDERS)}") from None
+    if getattr(cls, "wraps", None):  # a wrapper of another recommender (the 'bad' control): build that one first
+        base = kwargs.pop("base", cls.wraps)
+        if isinstance(base, str):
+            base = make_recommender(base, action_space, seed=seed, **kwargs)
+            kwargs = {}
+        return cls(action_space, seed=seed, base=base, **kwargs)
     return cls(action_space, seed=seed, **kwargs)
 
 
 __all__ = [
     "RECOMMENDERS", "Recommender", "make_recommender", "run_episodes", "slate_shape", "history_profile",
     "item_feedback", "bandit_features", "RandomRecommender", "PopularRecommender", "GreedyContentRecommender",
-    "EpsilonGreedyRecommender", "LinUCBRecommender", "SB3Policy",
+    "EpsilonGreedyRecommender", "LinUCBRecommender", "SB3Policy", "FittedRecommender", "Interactions",
+    "ItemKNNRecommender", "ALSRecommender", "BPRRecommender", "EASERecommender", "WorstOfRecommender",
+    "OracleRecommender", "LLMRankerRecommender", "MostPopularRecommender", "RandomUnseenRecommender",
+    "SASRecRecommender", "MultVAERecommender", "fitted_names", "online_names",
 ]

@@ -51,6 +51,10 @@ class Recommender:
     """
 
     name = "base"
+    #: True for recommenders built with the env itself (``make_recommender(..., env=env)``).
+    needs_env = False
+    #: True for controls that read the simulated users' hidden state (upper bounds, never real systems).
+    cheat = False
 
     def __init__(self, action_space: spaces.Space, *, seed: int | None = None) -> None:
         self.action_space = action_space
@@ -115,16 +119,19 @@ def item_feedback(action: Any, reward: float, next_obs: dict[str, np.ndarray] | 
 
 def run_episodes(env: gymnasium.Env, recommender: Recommender, episodes: int, *, seed: int | None = None,
                  learn: bool = True, progress: Any = None,
-                 on_step: Callable[[dict[str, Any]], None] | None = None) -> list[dict[str, float]]:
+                 on_step: Callable[[dict[str, Any]], None] | None = None,
+                 reset_options: Callable[[int], dict[str, Any] | None] | None = None) -> list[dict[str, float]]:
     """Run ``episodes`` sessions; the first reset uses ``seed``, later ones continue the same world.
 
     Returns one dict per episode (``return``, ``length``, ``clicks``). ``progress`` is an object
-    with ``update(n)`` (e.g. a tqdm bar), advanced once per episode.
+    with ``update(n)`` (e.g. a tqdm bar), advanced once per episode. ``reset_options(episode)`` gives
+    each reset's options (e.g. ``{"user_id": ...}`` to serve a fixed user schedule).
     """
     out: list[dict[str, float]] = []
     clicks_total, shown_total = 0, 0
     for ep in range(episodes):
-        obs, info = env.reset(seed=seed if ep == 0 else None)
+        obs, info = env.reset(seed=seed if ep == 0 else None,
+                              options=reset_options(ep) if reset_options is not None else None)
         done, ret, n, clicks = False, 0.0, 0, 0
         while not done:
             action = recommender.act(obs, info)

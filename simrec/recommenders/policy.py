@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import gymnasium
 import numpy as np
 from gymnasium import spaces
 
+from simrec.errors import ConfigError
 from simrec.recommenders.base import Recommender
 
 
@@ -75,3 +77,38 @@ def _wrapper_transforms(env: gymnasium.Env | None) -> tuple[list[Callable], list
             act_fns.append(e.action)
         e = e.env
     return obs_fns, act_fns
+
+
+def load_sb3_policy(path: str | Path, algo: str, env: gymnasium.Env) -> SB3Policy:
+    """A saved stable-baselines3 model as a recommender for ``env`` (the bare simrec env).
+
+    The wrappers are inferred from the model's spaces: a ``Box`` action means per-candidate scores
+    (:class:`~simrec.envs.wrappers.TopKScores`), a ``MultiDiscrete`` one repaired slates
+    (:class:`~simrec.envs.wrappers.RepairSlate`); a flat ``Box`` observation means ``FlattenObservation``.
+    """
+    try:
+        import stable_baselines3 as sb3
+    except ImportError:
+        raise ConfigError("--policy needs stable-baselines3. Fix: pip install -e .[rl]") from None
+    from gymnasium.wrappers import FlattenObservation
+
+    from simrec.envs.wrappers import RepairSlate, TopKScores
+
+    cls = getattr(sb3, algo.upper(), None)
+    if cls is None:
+        raise ConfigError(f"unknown --algo {algo!r}. Fix: use an SB3 algorithm name such as ppo, a2c, sac")
+    path = str(path)
+    if not Path(path).exists() and not Path(path + ".zip").exists():
+        raise ConfigError(f"{path}: no such model file")
+    model = cls.load(path, device="cpu")
+    wrapped: gymnasium.Env = env
+    if isinstance(model.action_space, spaces.Box):
+        wrapped = TopKScores(wrapped)
+    elif isinstance(model.action_space, spaces.MultiDiscrete) and not isinstance(env.action_space, spaces.Discrete):
+        wrapped = RepairSlate(wrapped)
+    if isinstance(model.observation_space, spaces.Box) and isinstance(env.observation_space, spaces.Dict):
+        wrapped = FlattenObservation(wrapped)
+    if model.observation_space.shape != wrapped.observation_space.shape:
+        raise ConfigError(f"{path}: the model expects observations of shape {model.observation_space.shape}, "
+                          f"this env gives {wrapped.observation_space.shape}. Fix: use the env it was trained on.")
+    return SB3Policy(model, wrapped)

@@ -1,7 +1,7 @@
 """Trajectory logs: record simrec runs as Parquet, read them back as pandas, replay them.
 
 Modules: ``schema`` (the on-disk format), ``recorder`` (writer and the Gymnasium wrappers), ``reader``
-(DataFrames), ``replay``. This package may import ``simrec.envs`` and below; nothing below it imports it.
+(DataFrames), ``replay``, ``export_minari`` (Minari datasets; the ``minari`` extra). This package may import ``simrec.envs`` and below; nothing below it imports it.
 
 A log is a directory::
 
