@@ -153,3 +153,11 @@ def test_cycle_finder_finds_a_cycle() -> None:  # the checks above must be able 
 def test_subpackage_docstring_says_what_it_may_import(package: str) -> None:
     doc = ast.get_docstring(ast.parse(MODULES[package].read_text(encoding="utf-8"))) or ""
     assert "may import" in doc, f"{package}/__init__.py needs a docstring saying what lives there and what it may import"
+
+
+def test_every_subpackage_ships_in_the_wheel() -> None:
+    tomllib = pytest.importorskip("tomllib")  # Python >= 3.11
+
+    listed = set(tomllib.loads((PKG.parent / "pyproject.toml").read_text(encoding="utf-8"))["tool"]["setuptools"]["packages"])
+    packages = {m for m, p in MODULES.items() if p.name == "__init__.py"}
+    assert packages <= listed, f"add to [tool.setuptools] packages in pyproject.toml: {sorted(packages - listed)}"

@@ -457,15 +457,8 @@ class LLMCognition:
 
     def close(self) -> None:
         """Close connections, stop the loop thread, commit and close the cache and the call log."""
-        if self._runner is not None and self._runner.alive:
-            try:
-                self._runner.run(self.client.aclose(), timeout=10)
-            finally:
-                self._runner.close()
+        self.client.shutdown(self._runner)
         self._runner = None
-        if self.client.cache is not None:
-            self.client.cache.close()
-            self.client.cache = None
         if self._log_file is not None:
             self._log_file.close()
             self._log_file = None

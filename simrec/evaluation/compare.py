@@ -37,7 +37,7 @@ import gymnasium
 import numpy as np
 
 from simrec.errors import ConfigError
-from simrec.evaluation.stats import mean_ci
+from simrec.evaluation.stats import ci_summary, ci_table
 from simrec.recommenders import RECOMMENDERS, FittedRecommender, Interactions, Recommender, make_recommender
 
 METRICS = ("ctr", "clicks_per_step", "mean_rating", "mean_session_length", "return_rate", "catalog_coverage",
@@ -161,33 +161,13 @@ class CompareResult:
     seeds: list[int]
     info: dict[str, Any] = field(default_factory=dict)
 
-    def aggregate(self, metrics: Sequence[str] = METRICS) -> dict[str, dict[str, dict[str, float]]]:
+    def aggregate(self, metrics: Sequence[str] = METRICS) -> dict[str, dict[str, dict[str, Any]]]:
         """``{recommender: {metric: {mean, ci_low, ci_high, values}}}``."""
-        out: dict[str, dict[str, dict[str, Any]]] = {}
-        for name, runs in self.runs.items():
-            out[name] = {}
-            for m in metrics:
-                vals = [float(r.get(m, math.nan)) for r in runs]
-                mean, lo, hi = mean_ci(vals)
-                out[name][m] = {"mean": mean, "ci_low": lo, "ci_high": hi, "values": vals}
-        return out
+        return {name: {m: ci_summary([r.get(m, math.nan) for r in runs]) for m in metrics}
+                for name, runs in self.runs.items()}
 
     def markdown(self, metrics: Sequence[str] = METRICS) -> str:
-        agg = self.aggregate(metrics)
-        head = "| recommender | " + " | ".join(f"{m} {'↑' if HIGHER_IS_BETTER.get(m, True) else '↓'}" for m in metrics) + " |"
-        lines = [head, "|---" * (len(metrics) + 1) + "|"]
-        for name, row in agg.items():
-            cells = []
-            for m in metrics:
-                v = row[m]
-                if not np.isfinite(v["mean"]):
-                    cells.append("–")
-                elif np.isfinite(v["ci_low"]):
-                    cells.append(f"{v['mean']:.3f} ± {(v['ci_high'] - v['ci_low']) / 2:.3f}")
-                else:
-                    cells.append(f"{v['mean']:.3f}")
-            lines.append(f"| {name} | " + " | ".join(cells) + " |")
-        return "\n".join(lines)
+        return ci_table(self.aggregate(metrics), metrics, HIGHER_IS_BETTER)
 
     def to_dict(self) -> dict[str, Any]:
         return {"seeds": self.seeds, "metrics": list(METRICS), "recommenders": self.aggregate(),

@@ -10,7 +10,8 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -80,3 +81,30 @@ def bootstrap_tau(a: np.ndarray, b: np.ndarray, *, replicates: int = 2000, seed:
         return math.nan, math.nan
     lo, hi = np.percentile(taus, [2.5, 97.5])
     return float(lo), float(hi)
+
+
+def ci_summary(values: Sequence[float]) -> dict[str, Any]:
+    """``{mean, ci_low, ci_high, values}`` of per-seed values (see :func:`mean_ci`)."""
+    vals = [float(v) for v in values]
+    mean, lo, hi = mean_ci(vals)
+    return {"mean": mean, "ci_low": lo, "ci_high": hi, "values": vals}
+
+
+def ci_table(rows: Mapping[str, Mapping[str, Mapping[str, float]]], metrics: Sequence[str],
+             higher_is_better: Mapping[str, bool] | None = None, label: str = "recommender") -> str:
+    """A markdown table of :func:`ci_summary` cells, ``mean ± half-width`` (``–`` where undefined)."""
+    hib = higher_is_better or {}
+    arrow = {m: (" ↑" if hib[m] else " ↓") if m in hib else "" for m in metrics}
+    lines = [f"| {label} | " + " | ".join(m + arrow[m] for m in metrics) + " |", "|---" * (len(metrics) + 1) + "|"]
+    for name, row in rows.items():
+        cells = []
+        for m in metrics:
+            v = row.get(m, {"mean": math.nan, "ci_low": math.nan, "ci_high": math.nan})
+            if not np.isfinite(v["mean"]):
+                cells.append("–")
+            elif np.isfinite(v["ci_low"]):
+                cells.append(f"{v['mean']:.3f} ± {(v['ci_high'] - v['ci_low']) / 2:.3f}")
+            else:
+                cells.append(f"{v['mean']:.3f}")
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)

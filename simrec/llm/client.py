@@ -592,6 +592,17 @@ class LLMClient:
             await c.close()
         self._clients = []
 
+    def shutdown(self, runner: "AsyncRunner | None") -> None:
+        """Close the connections on ``runner``'s loop, stop the runner, and commit and close the cache."""
+        if runner is not None and runner.alive:
+            try:
+                runner.run(self.aclose(), timeout=10)
+            finally:
+                runner.close()
+        if self.cache is not None:
+            self.cache.close()
+            self.cache = None
+
     def flush(self) -> None:
         if self.cache is not None:
             self.cache.commit()

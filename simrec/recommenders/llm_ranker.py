@@ -260,15 +260,8 @@ class LLMRankerRecommender(Recommender):
 
     def close(self) -> None:
         """Close the client's connections, stop the loop thread, commit and close the cache."""
-        if self._runner is not None and self._runner.alive:
-            try:
-                self._runner.run(self.client.aclose(), timeout=10)
-            finally:
-                self._runner.close()
+        self.client.shutdown(self._runner)
         self._runner = None
-        if self.client.cache is not None:
-            self.client.cache.close()
-            self.client.cache = None
 
     def __del__(self) -> None:  # best effort for an unclosed recommender: connections, loop thread, cache
         with contextlib.suppress(Exception):  # at interpreter exit anything may already be gone

@@ -22,7 +22,7 @@ from typing import Any, ClassVar
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
-from simrec.evaluation.stats import mean_ci
+from simrec.evaluation.stats import ci_summary, ci_table
 
 
 class StressConfig(BaseModel):
@@ -55,13 +55,7 @@ class StressResult:
 
     def aggregate(self) -> dict[str, dict[str, dict[str, Any]]]:
         """``{recommender: {metric: {mean, ci_low, ci_high, values}}}``."""
-        out: dict[str, dict[str, dict[str, Any]]] = {}
-        for rec, per in self.metrics.items():
-            out[rec] = {}
-            for m, vals in per.items():
-                mean, lo, hi = mean_ci(vals)
-                out[rec][m] = {"mean": mean, "ci_low": lo, "ci_high": hi, "values": list(vals)}
-        return out
+        return {rec: {m: ci_summary(vals) for m, vals in per.items()} for rec, per in self.metrics.items()}
 
     def mean_curves(self) -> dict[str, dict[str, list[float]]]:
         """Each curve averaged over seeds (curves of unequal length are cut to the shortest)."""
@@ -76,20 +70,7 @@ class StressResult:
     def markdown(self) -> str:
         agg = self.aggregate()
         metrics = list(next(iter(agg.values())).keys()) if agg else []
-        arrow = lambda m: "" if m not in self.higher_is_better else (" ↑" if self.higher_is_better[m] else " ↓")  # noqa: E731
-        lines = ["| recommender | " + " | ".join(m + arrow(m) for m in metrics) + " |", "|---" * (len(metrics) + 1) + "|"]
-        for rec, row in agg.items():
-            cells = []
-            for m in metrics:
-                v = row[m]
-                if not np.isfinite(v["mean"]):
-                    cells.append("–")
-                elif np.isfinite(v["ci_low"]):
-                    cells.append(f"{v['mean']:.3f} ± {(v['ci_high'] - v['ci_low']) / 2:.3f}")
-                else:
-                    cells.append(f"{v['mean']:.3f}")
-            lines.append(f"| {rec} | " + " | ".join(cells) + " |")
-        return "\n".join(lines)
+        return ci_table(agg, metrics, self.higher_is_better)
 
     def to_dict(self) -> dict[str, Any]:
         return {"name": self.name, "question": self.question, "recommenders": self.aggregate(),
