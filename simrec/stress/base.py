@@ -151,6 +151,17 @@ class StressTest:
         """``{curve: (x label, y label)}`` for the plots."""
         return {}
 
+    def fit_data(self, seed: int, recommenders: Sequence[str]) -> Any:
+        """The seed's shared fit data (:func:`~simrec.evaluation.compare.fit_interactions`), or None when no
+        recommender in ``recommenders`` is fitted on logs."""
+        from simrec.evaluation.compare import fit_interactions
+        from simrec.recommenders import fitted_names
+
+        if not set(recommenders) & set(fitted_names()):
+            return None
+        cfg = self.config
+        return fit_interactions(cfg.env, cfg.overrides, seed, fit_episodes=cfg.fit_episodes)
+
     def run(self) -> StressResult:
         from tqdm.auto import tqdm
 

@@ -10,8 +10,7 @@ from typing import Any, ClassVar
 import numpy as np
 from gymnasium import spaces
 
-from simrec.evaluation.compare import build_recommender, fit_interactions, make_env, record_run, return_rate
-from simrec.recommenders import fitted_names
+from simrec.evaluation.compare import build_recommender, make_env, record_run, return_rate
 from simrec.recommenders.base import Recommender
 from simrec.stress.base import StressTest
 from simrec.stress.preference_shift import user_pool_schedule
@@ -92,9 +91,7 @@ class FatigueRetention(StressTest):
         env = make_env(cfg.env, cfg.overrides)
         users = user_pool_schedule(env, seed, self.pool, self.episodes)
         env.close()
-        fit = None
-        if set(recommenders) & set(fitted_names()):
-            fit = fit_interactions(cfg.env, cfg.overrides, seed, fit_episodes=cfg.fit_episodes)
+        fit = self.fit_data(seed, recommenders)
         metrics: dict[str, dict[str, float]] = {}
         curve: dict[str, list[float]] = {}
         for name in recommenders:

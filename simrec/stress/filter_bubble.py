@@ -11,8 +11,7 @@ import numpy as np
 import pandas as pd
 
 from simrec.analysis.exposure import entropy_bits, topic_entropy_over_time
-from simrec.evaluation.compare import build_recommender, fit_interactions, make_env, record_run
-from simrec.recommenders import fitted_names
+from simrec.evaluation.compare import build_recommender, make_env, record_run
 from simrec.stress.base import StressTest
 from simrec.stress.preference_shift import user_pool_schedule
 
@@ -103,9 +102,7 @@ class FilterBubble(StressTest):
         env = make_env(cfg.env, cfg.overrides)
         users = user_pool_schedule(env, seed, self.pool, self.episodes)
         env.close()
-        fit = None
-        if set(recommenders) & set(fitted_names()):  # one log for both worlds: only the dynamics differ
-            fit = fit_interactions(cfg.env, cfg.overrides, seed, fit_episodes=cfg.fit_episodes)
+        fit = self.fit_data(seed, recommenders)  # one log for both worlds: only the dynamics differ
         # no latent snapshots: nothing here reads them, and they cost ~15% of a step
         base = {**cfg.overrides, "log_latent": False}
         variants = {"drift": ("with drift", base), "nodrift": ("without drift", without_drift(base))}

@@ -11,8 +11,7 @@ import numpy as np
 import pandas as pd
 
 from simrec.analysis.exposure import exposure_counts, gini
-from simrec.evaluation.compare import build_recommender, fit_interactions, make_env, record_run, user_schedule
-from simrec.recommenders import fitted_names
+from simrec.evaluation.compare import build_recommender, make_env, record_run, user_schedule
 from simrec.stress.base import StressTest
 
 
@@ -75,9 +74,7 @@ class PopularityBias(StressTest):
         prior = np.asarray(env.catalog.popularity, dtype=np.float64)
         n = len(env.catalog)
         env.close()
-        fit = None
-        if set(recommenders) & set(fitted_names()):
-            fit = fit_interactions(cfg.env, cfg.overrides, seed, fit_episodes=cfg.fit_episodes)
+        fit = self.fit_data(seed, recommenders)
         runs: dict[str, Any] = {}
         for name in recommenders:
             env = make_env(cfg.env, overrides)

@@ -7,8 +7,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from simrec.evaluation.compare import build_recommender, fit_interactions, make_env, record_run
-from simrec.recommenders import fitted_names
+from simrec.evaluation.compare import build_recommender, make_env, record_run
 from simrec.stress.base import StressTest
 from simrec.users.dynamics import DriftConfig, concept_shift
 
@@ -72,9 +71,7 @@ class PreferenceShift(StressTest):
         rng = np.random.default_rng([seed, 17])
         shifted = set(rng.choice(pool, size=int(round(self.share * len(pool))), replace=False).tolist())
         half = self.episodes // 2
-        fit = None
-        if set(recommenders) & set(fitted_names()):
-            fit = fit_interactions(cfg.env, cfg.overrides, seed, fit_episodes=cfg.fit_episodes)
+        fit = self.fit_data(seed, recommenders)
         metrics: dict[str, dict[str, float]] = {}
         curve: dict[str, list[float]] = {}
         for name in recommenders:
