@@ -399,3 +399,52 @@ def main(argv: list[str] | None = None) -> int:
 
 if __name__ == "__main__":
     raise SystemExit(main())
+
+
+class CallingBackend:
+    """The embedded model plus LLM-style call records (per the ``drain_calls`` contract), so a trajectory's
+    calls table has rows without any server. Subclasses say what each record holds (:meth:`record`)."""
+
+    name = "fake-llm"
+
+    def __init__(self) -> None:
+        from simrec.cognition.embedded import EmbeddedCognition
+
+        self.inner = EmbeddedCognition()
+        self.pending: list[dict] = []
+        self.n = 0
+
+    def record(self, pop: Any, u: int, kind: str) -> dict:
+        """The fields of call ``self.n`` beyond its id, user and kind."""
+        return {}
+
+    def _call(self, pop: Any, u: int, kind: str) -> None:
+        self.n += 1
+        self.pending.append({"call_id": f"c{self.n}", "user": u, "user_id": pop.user_id(u), "kind": kind,
+                             **self.record(pop, u, kind)})
+
+    def decide(self, pop: Any, users: Any, slates: Any, rng: Any) -> Any:
+        import numpy as np
+
+        for u in np.arange(pop.n_users)[users]:
+            self._call(pop, int(u), "decide")
+        return self.inner.decide(pop, users, slates, rng)
+
+    def judge(self, pop: Any, users: Any, items: Any, rng: Any) -> Any:
+        return self.inner.judge(pop, users, items, rng)
+
+    def end_session(self, pop: Any, users: Any) -> None:
+        import numpy as np
+
+        for u in np.arange(pop.n_users)[users]:
+            self._call(pop, int(u), "reflect")
+
+    def drain_calls(self) -> list[dict]:
+        out, self.pending = self.pending, []
+        return out
+
+    def stats(self) -> dict:
+        return {"calls": self.n}
+
+    def close(self) -> None:
+        pass

@@ -27,51 +27,22 @@ from simrec.analysis.exposure import (
     topic_entropy_over_time,
 )
 from simrec.analysis.report import add_arguments, render_json_report, render_report, run_cli
-from simrec.cognition.embedded import EmbeddedCognition
 from simrec.envs.slate_env import SlateEnv
 from simrec.recommenders import make_recommender, run_episodes
 from simrec.trajectory import Recorder, Trajectories, read_trajectories
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "tests"))
+from llm_servers import CallingBackend  # noqa: E402
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
-class FakeLLM:
-    """The embedded model plus LLM-style call records, so the calls table has rows."""
+class FakeLLM(CallingBackend):
+    """LLM-style call records with growing prompt tokens and a cost, so the token and cost plots have data."""
 
-    name = "fake-llm"
-
-    def __init__(self) -> None:
-        self.inner, self.pending, self.n = EmbeddedCognition(), [], 0
-
-    def _call(self, pop, u: int, kind: str) -> None:
-        self.n += 1
-        self.pending.append({"call_id": f"c{self.n}", "user": u, "user_id": pop.user_id(u), "kind": kind,
-                             "model": "fake-model", "prompt_tokens": 300 + self.n, "completion_tokens": 40,
-                             "latency_s": 0.01, "cost_usd": 1e-4, "cache_hit": False, "fallback": False,
-                             "parse_status": "ok"})
-
-    def decide(self, pop, users, slates, rng):
-        for u in np.arange(pop.n_users)[users]:
-            self._call(pop, int(u), "decide")
-        return self.inner.decide(pop, users, slates, rng)
-
-    def judge(self, pop, users, items, rng):
-        return self.inner.judge(pop, users, items, rng)
-
-    def end_session(self, pop, users) -> None:
-        for u in np.arange(pop.n_users)[users]:
-            self._call(pop, int(u), "reflect")
-
-    def drain_calls(self) -> list[dict]:
-        out, self.pending = self.pending, []
-        return out
-
-    def stats(self) -> dict:
-        return {"calls": self.n}
-
-    def close(self) -> None:
-        pass
+    def record(self, pop, u: int, kind: str) -> dict:
+        return {"model": "fake-model", "prompt_tokens": 300 + self.n, "completion_tokens": 40, "latency_s": 0.01,
+                "cost_usd": 1e-4, "cache_hit": False, "fallback": False, "parse_status": "ok"}
 
 
 def record(path: Path, name: str, episodes: int = 4, **env_kw) -> Path:

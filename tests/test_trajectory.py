@@ -17,7 +17,6 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from simrec.analysis import intra_list_diversity, novelty, per_user, summarize
-from simrec.cognition.embedded import EmbeddedCognition
 from simrec.envs.slate_env import SlateEnv
 from simrec.recommenders import make_recommender, run_episodes
 from simrec.trajectory import (
@@ -32,6 +31,8 @@ from simrec.trajectory import (
 )
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "tests"))
+from llm_servers import CallingBackend  # noqa: E402
 
 
 def record(path, episodes=6, seed=0, name="linucb", **kw) -> Recorder:
@@ -229,49 +230,21 @@ def test_refuses_existing_log_and_bad_versions(tmp_path: Path) -> None:
         read_trajectories(tmp_path / "missing")
 
 
-class CallingBackend:
-    """The embedded model plus LLM-style call records (per the drain_calls contract)."""
+class TrajectoryCallingBackend(CallingBackend):
+    """Every call-record field of the contract, plus one beyond it (``server``) that must land in ``extra``."""
 
-    name = "fake-llm"
-
-    def __init__(self) -> None:
-        self.inner = EmbeddedCognition()
-        self.pending: list[dict] = []
-        self.n = 0
-
-    def _call(self, pop, u: int, kind: str) -> None:
-        self.n += 1
-        self.pending.append({"call_id": f"c{self.n}", "user": u, "user_id": pop.user_id(u), "kind": kind,
-                             "model": "fake", "base_url": "http://127.0.0.1:1/v1", "params": {"temperature": 0.2},
-                             "seed": 7, "messages": "[]", "raw_reply": "{}", "parsed": "{}", "parse_status": "ok",
-                             "audit": "{}", "prompt_tokens": 100, "completion_tokens": 20, "latency_s": 0.01,
-                             "cost_usd": 0.0, "cache_hit": False, "fallback": False, "error": None, "server": "x"})
-
-    def decide(self, pop, users, slates, rng):
-        for u in np.arange(pop.n_users)[users]:
-            self._call(pop, int(u), "decide")
-        return self.inner.decide(pop, users, slates, rng)
-
-    def judge(self, pop, users, items, rng):
-        return self.inner.judge(pop, users, items, rng)
-
-    def end_session(self, pop, users) -> None:
-        for u in np.arange(pop.n_users)[users]:
-            self._call(pop, int(u), "reflect")
-
-    def drain_calls(self) -> list[dict]:
-        out, self.pending = self.pending, []
-        return out
+    def record(self, pop, u: int, kind: str) -> dict:
+        return {"model": "fake", "base_url": "http://127.0.0.1:1/v1", "params": {"temperature": 0.2},
+                "seed": 7, "messages": "[]", "raw_reply": "{}", "parsed": "{}", "parse_status": "ok",
+                "audit": "{}", "prompt_tokens": 100, "completion_tokens": 20, "latency_s": 0.01,
+                "cost_usd": 0.0, "cache_hit": False, "fallback": False, "error": None, "server": "x"}
 
     def stats(self) -> dict:
         return {"calls": self.n, "prompt_tokens": 100 * self.n}
 
-    def close(self) -> None:
-        pass
-
 
 def test_calls_table_links_calls_to_steps(tmp_path: Path) -> None:
-    backend = CallingBackend()
+    backend = TrajectoryCallingBackend()
     env = Recorder(SlateEnv(max_steps=6, backend=backend), tmp_path / "log")
     run_episodes(env, make_recommender("popular", env.action_space, seed=0), 4, seed=0)
     env.close()
