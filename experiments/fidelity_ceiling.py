@@ -169,10 +169,10 @@ def main() -> None:
             bu, bi = np.zeros(nu), np.zeros(ni)
             n_i, n_u = np.maximum(np.bincount(ri, minlength=ni), 1), np.maximum(np.bincount(ru, minlength=nu), 1)
             for _ in range(15):
-                sol = _ridge_by_group(ri, np.c_[Pu[ru], np.ones(ru.size)], rr - mu - bu[ru], np.ones(ru.size), ni,
+                sol = _ridge_by_group(ri, ru, np.c_[Pu, np.ones(nu)], rr - mu - bu[ru], np.ones(ru.size), ni,
                                       lam * n_i)
                 Qi, bi = sol[:, :k], sol[:, k]
-                sol = _ridge_by_group(ru, np.c_[Qi[ri], np.ones(ru.size)], rr - mu - bi[ri], np.ones(ru.size), nu,
+                sol = _ridge_by_group(ru, ri, np.c_[Qi, np.ones(ni)], rr - mu - bi[ri], np.ones(ru.size), nu,
                                       lam * n_u)
                 Pu, bu = sol[:, :k], sol[:, k]
             r = rmse(mu + bu[pu] + bi[pi] + np.einsum("nk,nk->n", Pu[pu], Qi[pi]))

@@ -3,9 +3,10 @@
 Importing simrec registers its Gymnasium environments (``simrec/Synthetic-v0``, ``simrec/MovieLens-v0``).
 
 The package, bottom layer first (each may import only the layers before it; ``tests/test_layers.py``
-checks this): ``errors``/``version``, ``catalog``, ``users``, ``llm``, ``cognition``, ``envs``, ``data``,
-``trajectory``, ``recommenders``, ``analysis``, ``evaluation``, ``stress``, then ``cli`` and this facade. ``simrec.sb3`` and
-``simrec.wrappers`` are short public paths into ``simrec.envs``.
+checks this): ``errors``/``version``/``resume``, ``catalog``, ``users``, ``llm``, ``cognition``, ``envs``, ``data``,
+``trajectory``, ``recommenders``, ``analysis``, ``evaluation``, ``stress``, ``distributed``, then ``cli`` and this
+facade. ``simrec.sb3`` and ``simrec.wrappers`` are short public paths into ``simrec.envs``; ``simrec.rllib`` (extra
+``ray``) runs the envs in RLlib.
 """
 
 from simrec.catalog import Catalog, Item

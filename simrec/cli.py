@@ -3,6 +3,7 @@
     simrec demo                          # linucb vs random on the embedded world, logs in runs/demo
     simrec demo --backend llm            # a few LLM-backed sessions on a bundled local model
     simrec run --env simrec/Synthetic-v0 --recommender linucb --episodes 500 --seed 0 --out runs/linucb
+    simrec run --recommender ease --fit-episodes 300 --episodes 100 --out runs/ease   # fitted as compare fits it
     simrec envs | simrec world --export DIR | simrec inspect DIR | simrec replay DIR | simrec fidelity ...
 """
 
@@ -23,6 +24,13 @@ from typing import Any
 from simrec.errors import SimrecError
 
 RECOMMENDER_NAMES = ("random", "popular", "greedy", "egreedy", "linucb")
+#: ``simrec run --recommender`` names: the online ones, those fitted on a logging run first (as ``simrec compare``
+#: fits them) and the oracle; every entry of ``simrec.recommenders.RECOMMENDERS`` but the LLM ranker.
+FITTED_NAMES = ("mostpop", "random-unseen", "itemknn", "als", "bpr", "ease", "sasrec", "multvae", "bad")
+RUN_RECOMMENDERS = RECOMMENDER_NAMES + FITTED_NAMES + ("oracle",)
+#: Modules a fitted recommender needs beyond simrec's own dependencies (all in the ``zoo`` extra).
+FIT_MODULES = {"itemknn": ("implicit",), "als": ("implicit", "threadpoolctl"), "bpr": ("implicit", "threadpoolctl"),
+               "sasrec": ("torch",), "multvae": ("torch",)}
 
 
 class CLIError(SimrecError):
@@ -83,19 +91,32 @@ def make_env(args: argparse.Namespace, backend_config: dict[str, Any] | None = N
 
 def run_recommender(env: Any, recommender: Any, episodes: int, seed: int, out: str | Path | None, *,
                     name: str, overwrite: bool = False, progress: bool = True, flush_every: int = 1,
-                    metadata: dict[str, Any] | None = None) -> tuple[dict[str, float], Any]:
-    """Run and record ``episodes`` sessions; returns ``(summary, trajectories)``."""
+                    metadata: dict[str, Any] | None = None, resume: bool = False) -> tuple[dict[str, float], Any]:
+    """Run and record ``episodes`` sessions; returns ``(summary, trajectories)``.
+
+    ``resume`` continues the log in ``out`` (see :class:`~simrec.trajectory.Recorder`): its episodes are
+    replayed, not recorded, then the run goes on; a log that holds all ``episodes`` is left as it is."""
     from tqdm.auto import tqdm
 
     from simrec.analysis import summarize
     from simrec.recommenders import run_episodes
     from simrec.trajectory import Recorder
 
-    rec_env = Recorder(env, out, overwrite=overwrite, flush_every=flush_every, recommender=name, metadata=metadata)
+    rec_env = Recorder(env, out, overwrite=overwrite, flush_every=flush_every, recommender=name, metadata=metadata,
+                       resume=resume)
+    done = rec_env.resumed_from
+    if done > episodes:
+        rec_env.close()
+        raise CLIError(f"{out} already holds {done} episodes, more than --episodes {episodes}. "
+                       f"Fix: pass --episodes {done} or more, or start again with --overwrite.")
     recommender.reset(seed=seed)
-    with tqdm(total=episodes, desc=name, unit="ep", disable=not progress, file=sys.stderr, dynamic_ncols=True) as bar:
+    desc = f"{name} (replaying {done})" if 0 < done < episodes else name
+    with tqdm(total=episodes, desc=desc, unit="ep", disable=not progress, file=sys.stderr, dynamic_ncols=True) as bar:
         try:
-            run_episodes(rec_env, recommender, episodes, seed=seed, progress=bar)
+            if done < episodes:  # else the log is complete: nothing to replay
+                run_episodes(rec_env, recommender, episodes, seed=seed, progress=bar)
+            else:
+                bar.update(episodes)
         finally:
             rec_env.close()
     traj = rec_env.trajectories()
@@ -155,16 +176,88 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+#: ``simrec run`` flags that shape the trajectory (recorded in the log; ``--resume`` needs the same ones).
+#: ``--episodes`` may grow on resume; ``--base-url`` says only where the LLM is served.
+RUN_ARGUMENTS = ("env", "spec", "slate_size", "num_candidates", "max_steps", "data_dir", "backend", "model", "seed",
+                 "recommender", "policy", "algo")
+#: Flags of the fit, recorded (and checked on resume) only for a fitted recommender.
+FIT_ARGUMENTS = ("fit_episodes", "fit_policy")
+
+
+def _is_fitted(args: argparse.Namespace) -> bool:
+    return not getattr(args, "policy", None) and args.recommender in FITTED_NAMES
+
+
+def _run_arguments(args: argparse.Namespace) -> dict[str, Any]:
+    out: dict[str, Any] = {"--" + k.replace("_", "-"): getattr(args, k, None) for k in RUN_ARGUMENTS}
+    fitted = _is_fitted(args)  # None otherwise, which also matches logs recorded before these flags existed
+    out.update({"--" + k.replace("_", "-"): getattr(args, k, None) if fitted else None for k in FIT_ARGUMENTS})
+    if args.policy:  # the policy's content, not only its file name
+        import hashlib
+
+        out["--policy"] = {"path": args.policy, "sha256": hashlib.sha256(Path(args.policy).read_bytes()).hexdigest()}
+    if args.data_dir:
+        out["--data-dir"] = str(Path(args.data_dir).resolve())
+    return out
+
+
+def _check_fit_modules(name: str) -> None:
+    """Refuse, before any fit, a recommender whose library is not installed, naming the extra."""
+    for module in FIT_MODULES.get(name, ()):
+        try:
+            importlib.import_module(module)
+        except ImportError:
+            raise CLIError(f"--recommender {name} needs {module}, which is not installed. Fix: pip install -e "
+                           "'.[zoo]' (or pip install 'simrec[zoo]'), or choose a recommender without it, e.g. "
+                           "ease or mostpop") from None
+
+
+def _run_recommender_for(args: argparse.Namespace, env: Any, metadata: dict[str, Any]) -> Any:
+    """The recommender of ``simrec run``: an SB3 policy, an online one, the oracle, or a fitted one fitted as
+    ``simrec compare`` fits it (:func:`~simrec.evaluation.compare.fit_interactions` on the run's own spec: a
+    calibrated world's train split, else ``--fit-episodes`` sessions of ``--fit-policy`` seeded ``--seed``
+    + 10000), so the fit, like the run, is a function of the arguments and a resume rebuilds the same model.
+    The fit data's size goes into ``metadata["fit"]`` (a resume whose fit differs is then refused)."""
+    if args.policy or args.recommender in RECOMMENDER_NAMES:
+        return _make_recommender(args, env, args.recommender)
+    from simrec.evaluation.compare import build_recommender, fit_interactions
+
+    fit = None
+    if _is_fitted(args):
+        _check_fit_modules(args.recommender)
+        if args.fit_episodes < 1:
+            raise CLIError(f"--fit-episodes must be at least 1, got {args.fit_episodes}. Fix: --fit-episodes 300")
+        t = time.perf_counter()
+        fit = fit_interactions(env.sim_spec, None, args.seed, fit_episodes=args.fit_episodes,
+                               fit_policy=args.fit_policy)
+        metadata["fit"] = {"data": fit.name, "interactions": len(fit), "users": fit.n_users, "items": fit.n_items}
+        if not (args.no_progress or args.json):
+            print(f"{args.recommender}: fitting on {len(fit):,} interactions of {fit.n_users} users "
+                  f"({time.perf_counter() - t:.1f}s to collect)", file=sys.stderr, flush=True)
+    try:
+        return build_recommender(args.recommender, env, args.seed, fit)
+    except ImportError as e:  # a library FIT_MODULES does not name
+        raise CLIError(f"--recommender {args.recommender}: {e}. Fix: pip install -e '.[zoo]'") from None
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     from simrec.analysis import format_summary
+    from simrec.resume import with_llm_cache
 
+    if args.resume and not args.out:
+        raise CLIError("--resume continues the trajectory log in --out DIR. Fix: pass --out DIR.")
+    if args.resume and args.overwrite:
+        raise CLIError("--resume keeps the log in --out and --overwrite replaces it. Fix: pass one of them.")
     name = "sb3:" + Path(args.policy).name if args.policy else args.recommender
+    metadata = {"command": "run", "arguments": _run_arguments(args)}
     with llm_endpoint(args) as backend_config:
+        if backend_config is not None and args.out:  # LLM calls recorded next to the log: a resume replays them
+            backend_config = with_llm_cache(backend_config, args.out)
         env = make_env(args, backend_config)
-        rec = _make_recommender(args, env, args.recommender)
+        rec = _run_recommender_for(args, env, metadata)
         summary, traj = run_recommender(env, rec, args.episodes, args.seed, args.out, name=name,
                                         overwrite=args.overwrite, progress=not args.no_progress,
-                                        flush_every=args.flush_every, metadata={"command": "run"})
+                                        flush_every=args.flush_every, metadata=metadata, resume=args.resume)
     if args.json:
         _print_json({"recommender": name, "env": traj.manifest["env_id"], "seed": args.seed,
                      "out": args.out, "summary": _clean(summary)})
@@ -314,6 +407,10 @@ def _import_command(name: str) -> Any:
 
 
 def cmd_module(args: argparse.Namespace) -> int:
+    from simrec.distributed import cli as distributed
+
+    if args.command in distributed.COMMANDS and distributed.requested(args):  # --ray/--workers/--ray-address
+        return int(distributed.run_cli(args) or 0)
     return int(_import_command(args.command).run_cli(args) or 0)
 
 
@@ -356,12 +453,25 @@ def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
                        description="Run a recommender (or a trained SB3 policy) and print CTR, rating, session "
                                    "length and coverage.")
     _add_env_args(p)
-    p.add_argument("--recommender", choices=RECOMMENDER_NAMES, default="random")
+    p.add_argument("--recommender", choices=RUN_RECOMMENDERS, default="random",
+                   help="online, fitted first on logged interactions (" + ", ".join(FITTED_NAMES) + ", as "
+                        "`simrec compare` fits them), or the oracle (a cheat: reads the hidden user state)")
+    p.add_argument("--data", metavar="DIR", dest="data_dir",
+                   help="same as --data-dir (the name `simrec compare` uses): a calibrated world's dataset, "
+                        "whose train split is then the fit data")
+    p.add_argument("--fit-episodes", type=int, default=300,
+                   help="fitted recommenders: sessions of --fit-policy to fit on, synthetic worlds (default 300)")
+    p.add_argument("--fit-policy", choices=RECOMMENDER_NAMES, default="random",
+                   help="fitted recommenders: the logging policy whose clicks are the fit data (default random)")
     p.add_argument("--policy", metavar="ZIP", help="a saved stable-baselines3 model to evaluate instead")
     p.add_argument("--algo", default="ppo", help="SB3 algorithm class of --policy (default ppo)")
     p.add_argument("--episodes", type=int, default=100)
     p.add_argument("--out", metavar="DIR", help="write the trajectory log here")
     p.add_argument("--overwrite", action="store_true", help="replace an existing log in --out")
+    p.add_argument("--resume", action="store_true",
+                   help="continue the log in --out after a crash: its episodes are replayed (checked, not "
+                        "rewritten) to rebuild the env and recommender state, then the run goes on; "
+                        "a new log if there is none")
     p.add_argument("--flush-every", type=int, default=1, help="episodes per Parquet part (default 1)")
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
     p.set_defaults(func=cmd_run)
@@ -403,6 +513,10 @@ def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
         if argv and argv[0] == name:
             try:
                 _import_command(name).add_arguments(p)
+                if name in ("compare", "stress"):  # their --ray flags (simrec.distributed.cli)
+                    from simrec.distributed.cli import add_arguments as add_distributed_arguments
+
+                    add_distributed_arguments(p, name)
             except CLIError as e:  # reported by main() instead of a confusing usage error
                 parser.set_defaults(command_error=e)
     return parser

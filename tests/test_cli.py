@@ -57,6 +57,15 @@ def test_run_with_overrides_json_and_refusal(tmp_path: Path, capsys: pytest.Capt
     assert main(args + ["--overwrite"]) == 0
 
 
+def test_run_names_every_recommender_but_the_llm_ranker() -> None:
+    from simrec.cli import FITTED_NAMES, FIT_MODULES, RECOMMENDER_NAMES, RUN_RECOMMENDERS
+    from simrec.recommenders import RECOMMENDERS, fitted_names, online_names
+
+    assert set(RUN_RECOMMENDERS) == set(RECOMMENDERS) - {"llm"}  # the fitted ones: tests/test_run_fitted.py
+    assert set(FITTED_NAMES) == set(fitted_names()) and set(RECOMMENDER_NAMES) == set(online_names())
+    assert set(FIT_MODULES) <= set(FITTED_NAMES)
+
+
 def test_run_custom_spec_file_and_bad_spec(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     spec = EnvSpec.builtin("synthetic-v0").model_dump(mode="json")
     spec.update(id="simrec/Tiny-v0", slate_size=3, num_candidates=10, max_steps=4)

@@ -188,11 +188,14 @@ def test_eval_set_positives_and_negatives(small):
     assert set(zip(ev.pos_user.tolist(), ev.pos_item.tolist())) == set(truth)
     for ratio in (1, 3):
         nu_, ni_ = ev.negatives[ratio]
-        assert not ev.observed[nu_, ni_].any()  # never an item the user has in train or test
+        observed = np.zeros((len(w.user_index), len(w.catalog)), dtype=bool)  # the same pairs, as a matrix
+        observed[ev.observed.keys // len(w.catalog), ev.observed.keys % len(w.catalog)] = True
+        assert not observed[nu_, ni_].any()  # never an item the user has in train or test
+        assert not ev.observed.contains(nu_, ni_).any()
         assert len(set(zip(nu_.tolist(), ni_.tolist()))) == nu_.size  # distinct per user
-        n_pos = np.bincount(ev.pos_user, minlength=ev.observed.shape[0])
-        n_neg = np.bincount(nu_, minlength=ev.observed.shape[0])
-        free = (~ev.observed).sum(axis=1)
+        n_pos = np.bincount(ev.pos_user, minlength=observed.shape[0])
+        n_neg = np.bincount(nu_, minlength=observed.shape[0])
+        free = (~observed).sum(axis=1)
         assert np.array_equal(n_neg, np.minimum(ratio * n_pos, free) * (n_pos > 0))
     capped = build_eval_set(w, FidelityConfig(max_users=5, max_positives=2), np.random.default_rng(0))
     assert capped.users.size == 5 and np.bincount(capped.pos_user).max() <= 2

@@ -16,7 +16,7 @@ PKG = Path(__file__).resolve().parents[1] / "simrec"
 
 #: Bottom first. A module may import modules of its own layer and of the layers before it.
 LAYERS: list[tuple[str, ...]] = [
-    ("simrec.errors", "simrec.version"),
+    ("simrec.errors", "simrec.version", "simrec.resume"),
     ("simrec.catalog",),
     ("simrec.users",),
     ("simrec.llm",),
@@ -28,7 +28,8 @@ LAYERS: list[tuple[str, ...]] = [
     ("simrec.analysis",),
     ("simrec.evaluation",),
     ("simrec.stress",),
-    ("simrec.cli", "simrec.__main__", "simrec.sb3", "simrec.wrappers", "simrec"),  # entry points and facade
+    ("simrec.distributed",),  # grids and populations over Ray workers, built on evaluation and stress
+    ("simrec.cli", "simrec.__main__", "simrec.sb3", "simrec.wrappers", "simrec.rllib", "simrec"),  # entry points and facade
 ]
 
 

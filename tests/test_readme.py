@@ -75,6 +75,8 @@ def test_readme_has_code() -> None:
 @pytest.mark.parametrize("start,code", blocks("python"), ids=[f"line{n}" for n, _ in blocks("python")])
 def test_python_block_runs(start: int, code: str, workdir: Path) -> None:
     needs_shared(code)
+    if re.search(r"^import ray\b", code, re.M):  # run in the Ray venv by tests/test_rllib.py
+        pytest.importorskip("ray", reason="needs the ray extra (README: Scale-out on RLlib)")
     r = subprocess.run([sys.executable, "-c", code], cwd=workdir, env=run_env(workdir), capture_output=True,
                        text=True, timeout=900)
     assert r.returncode == 0, f"README.md python block at line {start} failed:\n{code}\n--- stderr:\n{r.stderr[-4000:]}"

@@ -19,5 +19,10 @@ def make_backend(name: str, config: dict | None = None) -> CognitionBackend:
     if name == "llm":
         from simrec.cognition.llm import LLMCognition  # imported lazily: the default run needs no client
 
+        if config and "endpoints" in config:  # a pool of servers (simrec.llm.pool)
+            from simrec.llm.pool import EndpointPool
+
+            pool = EndpointPool.from_backend_config(config)
+            return LLMCognition(pool.shared_config, client=pool)
         return LLMCognition.from_config(config or {})
     raise ValueError(f"unknown backend {name!r}; use 'embedded' or 'llm'")

@@ -116,20 +116,27 @@ class EmbeddedCognition:
 
     def utilities_one(self, pop: "Population", u: int, slate: np.ndarray) -> np.ndarray:
         """:meth:`utilities` for one user, ``(K,)`` (the single env's fast path)."""
-        c = self.config
-        d = pop.catalog.dim
         _, conformity, diversity, _, _ = pop.traits[u].tolist()
+        return self._utilities_one(pop, u, slate, conformity, diversity)
+
+    def _utilities_one(self, pop: "Population", u: int, slate: np.ndarray, conformity: float,
+                       diversity: float) -> np.ndarray:
+        c = self.config
+        taste = pop.state.taste[u]
+        d = taste.size
         nov = c.novelty * (2.0 * diversity - 1.0)
         tc = pop.memory.topic_consumed[u]
         w = np.empty(d + 2 + tc.size, dtype=np.float32)
-        np.multiply(pop.state.taste[u], c.affinity, out=w[:d])
+        np.multiply(taste, c.affinity, out=w[:d])
         if c.rating_dims:
             w[d - c.rating_dims:d] = 0.0
         w[d] = c.quality
         w[d + 1] = c.conformity * conformity
-        np.multiply(pop.state.boredom[u], -c.boredom, out=w[d + 2:])
-        w[d + 2:] -= (nov / max(float(tc.sum()), 1e-6)) * tc
-        blk = np.take(self.item_block(pop.catalog), slate, axis=0)
+        wb = w[d + 2:]
+        np.multiply(pop.state.boredom[u], -c.boredom, out=wb)
+        # np.add.reduce is tc.sum() without the Python-level wrapper (same pairwise sum)
+        wb -= tc * (nov / max(float(np.add.reduce(tc)), 1e-6))
+        blk = self.item_block(pop.catalog).take(slate, axis=0)
         self._last_block = blk
         out = blk @ w
         out += nov
@@ -212,49 +219,62 @@ class EmbeddedCognition:
 
     def decide_one(self, pop: "Population", u: int, slate: np.ndarray, rng: np.random.Generator) -> ResponseBatch:
         """``decide`` for a single user (the single env's fast path): same model, same random draws
-        in the same order, scalar arithmetic. Returns a batch of one."""
+        in the same order, scalar arithmetic. Returns a batch of one.
+
+        ``meta`` also carries what the simulator's fast path needs as Python scalars: ``choice`` (slate
+        position, ``K`` for nothing), ``choice_consumption`` and ``choice_rating`` (NaN when not rated) of
+        that position, and ``best_utility``, the slate's highest utility."""
         c = self.config
         K = slate.size
         self.calls += 1
-        util = self.utilities_one(pop, u, slate)[None, :]
-        ut = util[0].tolist()
-        _, conformity, _, patience, pickiness = pop.traits[u].tolist()
-        fatigue = float(pop.state.fatigue[u])
+        _, conformity, diversity, patience, pickiness = pop.traits[u].tolist()
+        util = self._utilities_one(pop, u, slate, conformity, diversity)
+        ut = util.tolist()
+        state = pop.state
+        fatigue = state.fatigue.item(u)
         noise = rng.random(K + 4).tolist()  # the same stream as decide()'s (1, K + 4) draw
         inv_t = 1.0 / c.temperature
         lp = self._logpos_list
-        choice, best = K, self.no_click_utility(pickiness, fatigue) * inv_t - math.log(-math.log(noise[K]))
+        log = math.log
+        choice, best = K, self.no_click_utility(pickiness, fatigue) * inv_t - log(-log(noise[K]))
         for k in range(K):  # Gumbel-max; strict ">" keeps numpy's first-maximum tie rule
-            z = ut[k] * inv_t + lp[k] - math.log(-math.log(noise[k]))
+            z = ut[k] * inv_t + lp[k] - log(-log(noise[k]))
             if z > best or (z == best and k < choice):
                 choice, best = k, z
         hit = choice < K
-        col = min(choice, K - 1)
-        uc = ut[col]
+        # the rating noise is drawn on every step, as decide() does, whether or not a rating comes of it
+        z = float(rng.standard_normal(dtype=np.float32)) if c.rating_noise > 0 else 0.0  # size=None: as size=1
         clicked = np.zeros((1, K), dtype=bool)
         consumption = np.zeros((1, K), dtype=np.float32)
-        rating = np.full_like(consumption, np.nan)
-        e = math.log(noise[K + 1]) - math.log1p(-noise[K + 1])
-        ur = uc
-        if c.rating_dims:
-            d = pop.catalog.dim
-            ur = c.affinity * float(pop.catalog.features[slate[col], d - c.rating_dims:] @ pop.state.taste[u, d - c.rating_dims:])
-        latent = self.latent_rating(ur, float(pop.rating_bias[u]), pickiness, conformity,
-                                    float(pop.catalog.quality[slate[col]]))
-        if c.rating_noise > 0:
-            latent += c.rating_noise * float(rng.standard_normal(1, dtype=np.float32)[0])
+        rating = np.empty((1, K), dtype=np.float32)
+        rating.fill(np.nan)
+        cons, stars = 0.0, math.nan
         if hit:
-            clicked[0, col] = True
-            consumption[0, col] = 1.0 / (1.0 + math.exp(-(c.consumption_scale * uc + e)))
+            uc = ut[choice]
+            clicked[0, choice] = True
+            e = log(noise[K + 1]) - math.log1p(-noise[K + 1])  # logistic noise
+            consumption[0, choice] = 1.0 / (1.0 + math.exp(-(c.consumption_scale * uc + e)))
+            cons = consumption.item(choice)  # the float32 value the batched path sees
             if noise[K + 2] < c.rate_prob:
-                rating[0, col] = min(max(float(np.rint(latent)), 1.0), 5.0)
-        logit = self.leave_logit(fatigue, patience, float(pop.state.satisfaction[u]), not hit)
+                item = slate.item(choice)
+                ur = uc
+                if c.rating_dims:
+                    d = pop.catalog.dim
+                    ur = c.affinity * float(pop.catalog.features[item, d - c.rating_dims:] @ state.taste[u, d - c.rating_dims:])
+                latent = self.latent_rating(ur, pop.rating_bias.item(u), pickiness, conformity,
+                                            pop.catalog.quality.item(item))
+                if c.rating_noise > 0:
+                    latent += c.rating_noise * z
+                # round() halves to even, as np.rint (which also takes NaN and inf)
+                stars = min(max(float(round(latent) if -1e15 < latent < 1e15 else np.rint(latent)), 1.0), 5.0)
+                rating[0, choice] = stars
+        logit = self.leave_logit(fatigue, patience, state.satisfaction.item(u), not hit)
         leave = np.array([noise[K + 3] * (1.0 + math.exp(-logit)) < 1.0])
-        resp = ResponseBatch(clicked, rating, consumption, leave, np.zeros(1, np.int8))
-        resp.meta["utility"] = util
-        resp.meta["choice"] = choice
-        resp.meta["shown_topics"] = self._last_block[:, pop.catalog.dim + 2:].sum(axis=0)
-        return resp
+        # axis-0 sum of the slate's topic columns (np.add.reduce: .sum without its wrapper)
+        shown = np.add.reduce(self._last_block[:, self._last_block.shape[1] - pop.catalog.n_topics:], axis=0)
+        return ResponseBatch(clicked, rating, consumption, leave, np.zeros(1, np.int8), meta={
+            "utility": util[None, :], "choice": choice, "shown_topics": shown, "best_utility": max(ut),
+            "choice_consumption": cons, "choice_rating": stars})
 
     def judge(self, pop: "Population", users: np.ndarray, items: np.ndarray,
               rng: np.random.Generator) -> JudgeBatch:

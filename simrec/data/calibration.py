@@ -19,9 +19,12 @@ What is estimated, and how it maps onto the embedded model (``simrec.cognition.e
   dimensions plus the model's fixed quality, popularity x conformity, novelty and no-click terms.
   Item choice features are ``[latent factors, genre shares, 1]``; taste is kept unit-norm and
   features inside [-1, 1], as the simulator requires. With ``watch_recency`` a user's later train
-  interactions weigh more (their next choices look more like their latest ones).
+  interactions weigh more (their next choices look more like their latest ones). The all-negatives
+  gradient is estimated each step from a few fresh unobserved items per positive (sampled evenly over
+  the catalog) on minibatches, so time and memory grow with the log, never with users x items
+  (``watch_method="dense"`` keeps the exact full-matrix gradient as the reference).
 * **Ratings**: a biased factor model with unit-norm user factors fitted by alternating least
-  squares, written into the last ``choice.rating_dims`` feature dimensions (the embedded model then
+  squares (Gram matrices as sparse products, linear in the ratings), written into the last ``choice.rating_dims`` feature dimensions (the embedded model then
   rates ``crowd + (1 - w) (rating_scale * affinity * <taste, f> + bias + ...)``); the user bias
   becomes ``Persona.rating_bias``.
 * **Temporal validation**: the last part of each user's train interactions is held out once to
@@ -51,11 +54,20 @@ from pathlib import Path
 from typing import Any, Callable, Literal
 
 import numpy as np
+import scipy.sparse as sp
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from simrec.catalog import Catalog
 from simrec.cognition.embedded import ChoiceConfig
-from simrec.data.datasets import GenericFormat, InteractionLog, Split, SplitConfig, load_dataset, split_log
+from simrec.data.datasets import (
+    GenericFormat,
+    InteractionLog,
+    Split,
+    SplitConfig,
+    load_dataset,
+    split_log,
+)
+from simrec.data.pairs import PairSet
 from simrec.errors import ConfigError, format_validation_error
 from simrec.users.persona import Persona, PersonaPack, Traits
 from simrec.users.world import World
@@ -63,7 +75,7 @@ from simrec.users.world import World
 DEFAULT_DATA_DIR = "../shared/datasets/ml-100k"
 SESSION_GAP_S = 3600
 #: Bump when :func:`calibrate` gives a different world for the same inputs (invalidates on-disk caches).
-CALIBRATION_VERSION = 1
+CALIBRATION_VERSION = 2
 
 logger = logging.getLogger(__name__)
 
@@ -87,9 +99,21 @@ class CalibrationConfig(BaseModel):
         "the user's own chronological order (1: latest): a user's next choices resemble their latest ones. "
         "0: equal weights."))
     watch_reg: float = Field(1e-4, ge=0, description="L2 penalty on latent item factors (per train interaction).")
-    watch_method: Literal["auto", "dense", "sampled"] = Field(
-        "auto", description="dense: every unobserved item is a negative; sampled: fresh negatives each step.")
-    dense_limit: int = Field(40_000_000, ge=1, description="auto uses dense up to this many user x item cells.")
+    watch_method: Literal["auto", "dense", "sampled"] = Field("auto", description=(
+        "sampled (and auto): the all-negatives gradient estimated from watch_negatives fresh unobserved items "
+        "per positive each step; cost grows with the log. dense: the exact gradient over every user x item "
+        "cell (memory and time grow with users x items; kept as the reference)."))
+    watch_negatives: int = Field(4, ge=1, description="Sampled negatives per positive per step (sampled).")
+    watch_batch: int = Field(20_000, ge=1, description=(
+        "Positives per step at least (sampled): logs with fewer positives take full batches."))
+    watch_balanced: bool = Field(True, description=(
+        "Sampled negatives cover the catalog evenly each step (every item drawn equally often), which cuts the "
+        "noise of the item-side gradient (sampled)."))
+    watch_lr_final: float = Field(0.1, gt=0, le=1, description=(
+        "Learning rate at the last step, as a share of watch_lr (linear decay over the second half of the "
+        "steps; sampled): a smaller step at the end averages out the sampling noise."))
+    watch_epochs: float = Field(30.0, gt=0, description=(
+        "Passes over the positives in watch_iters steps on logs larger than watch_batch (sampled)."))
     rating_iters: int = Field(10, ge=1)
     rating_reg: float = Field(0.2, ge=0, description="ALS ridge penalty per rating.")
     rating_bias_reg: float = Field(5.0, ge=0)
@@ -150,20 +174,23 @@ def _group_sum(idx: np.ndarray, vals: np.ndarray, n: int) -> np.ndarray:
     return out
 
 
-def _ridge_by_group(idx: np.ndarray, X: np.ndarray, y: np.ndarray, w: np.ndarray, n: int,
+def _ridge_by_group(group: np.ndarray, other: np.ndarray, F: np.ndarray, y: np.ndarray, w: np.ndarray, n: int,
                     lam: np.ndarray) -> np.ndarray:
-    """For every group g solve ``(X_g' W X_g + lam_g I) b = X_g' W y_g``; returns ``(n, k)``."""
-    k = X.shape[1]
-    order = np.argsort(idx, kind="stable")
-    s = idx[order]
-    starts = np.flatnonzero(np.r_[True, s[1:] != s[:-1]])
-    Xo, wo = X[order], w[order]
-    A = np.zeros((n, k * k))
-    A[s[starts]] = np.add.reduceat((Xo[:, :, None] * (Xo * wo[:, None])[:, None, :]).reshape(len(order), -1),
-                                   starts, axis=0)
-    B = np.zeros((n, k))
-    B[s[starts]] = np.add.reduceat(Xo * (wo * y[order])[:, None], starts, axis=0)
-    A = A.reshape(n, k, k) + lam[:, None, None] * np.eye(k)
+    """Weighted ridge regressions, one per group: row ``r`` of group ``group[r]`` has features
+    ``F[other[r]]``, target ``y[r]`` and weight ``w[r]``; solves ``(X_g' W X_g + lam_g I) b = X_g' W y_g``
+    for every group and returns ``(n, k)``.
+
+    The Gram matrices are one sparse product ``W @ (F_j F_j')`` (``W``: groups x others, entries the row
+    weights; the outer products formed once per *other*), so time grows with the rows and memory with
+    the groups and others, never with a ``(rows, k, k)`` array.
+    """
+    k = F.shape[1]
+    shape = (n, F.shape[0])
+    W = sp.csr_matrix((w.astype(np.float64), (group, other)), shape=shape)
+    Wy = sp.csr_matrix((w * y, (group, other)), shape=shape)
+    outer = (F[:, :, None] * F[:, None, :]).reshape(F.shape[0], k * k)
+    A = np.asarray(W @ outer).reshape(n, k, k) + lam[:, None, None] * np.eye(k)
+    B = np.asarray(Wy @ F)
     return np.linalg.solve(A, B[..., None])[..., 0]
 
 
@@ -297,13 +324,13 @@ def _fit_ratings(train: InteractionLog, st: _Stats, choice: ChoiceConfig, cfg: C
     lam_i = cfg.rating_reg * np.maximum(n_i, 1)
     lam_u = np.r_[cfg.rating_reg * np.maximum(n_u, 1)]
     for _ in range(cfg.rating_iters):
-        G = _ridge_by_group(i, T[u], y - b[u], wt, ni, lam_i)
-        Xu = np.concatenate([G[i], np.ones((len(i), 1))], axis=1)
-        sol = _ridge_by_group(u, Xu, y, wt, nu, lam_u)
+        G = _ridge_by_group(i, u, T, y - b[u], wt, ni, lam_i)
+        G1 = np.concatenate([G, np.ones((ni, 1))], axis=1)  # the user's bias rides along as a feature
+        sol = _ridge_by_group(u, i, G1, y, wt, nu, lam_u)
         T = np.where(n_u[:, None] > 0, _unit_rows(sol[:, :R]), T)
         b = np.bincount(u, wt * (y - np.einsum("nr,nr->n", T[u], G[i])), nu) / (
             np.bincount(u, wt, nu) + cfg.rating_bias_reg)
-    G = _ridge_by_group(i, T[u], y - b[u], wt, ni, lam_i)
+    G = _ridge_by_group(i, u, T, y - b[u], wt, ni, lam_i)
     return _RatingFit(T, G, b)
 
 
@@ -347,8 +374,34 @@ def _offsets_parts(st: _Stats, choice: ChoiceConfig) -> tuple[np.ndarray, np.nda
     return user_const, item_const, choice.conformity * tr[:, 1]
 
 
+def _positive_pairs(train: InteractionLog, cfg: CalibrationConfig) -> tuple[np.ndarray, np.ndarray]:
+    """Sorted unique ``user * n_items + item`` keys of ``train`` and each pair's weight (mean 1).
+
+    With ``watch_recency`` a pair weighs ``exp(watch_recency * (q - 1))``, ``q`` the place of its latest
+    interaction in the user's chronological order."""
+    ni = train.n_items
+    u, i = train.user.astype(np.int64), train.item.astype(np.int64)
+    key = u * ni + i
+    uniq, inv = np.unique(key, return_inverse=True)  # repeated interactions count once
+    wpos = np.ones(len(uniq), dtype=np.float32)
+    if cfg.watch_recency > 0:
+        q = _user_position(train, np.ones(len(train), dtype=bool))
+        qmax = np.zeros(len(uniq))
+        np.maximum.at(qmax, inv.ravel(), q)
+        wpos = np.exp(cfg.watch_recency * (qmax - 1.0)).astype(np.float32)
+        wpos *= len(wpos) / wpos.sum()
+    return uniq, wpos
+
+
 def _fit_watch(train: InteractionLog, st: _Stats, choice: ChoiceConfig, cfg: CalibrationConfig, scale: float,
                neg_weight: float, rng: np.random.Generator) -> _WatchFit:
+    """Logistic factor model of watch / no watch: train pairs against every unobserved pair.
+
+    ``sampled`` (the default) estimates the all-negatives gradient by ``watch_negatives`` uniform
+    unobserved items per positive, drawn afresh each step, on minibatches of at most ``watch_batch``
+    positives: memory and time per step grow with the log, never with users x items. ``dense`` is the
+    exact full-batch gradient over the users x items matrix (the reference it was checked against).
+    """
     nu, ni = train.n_users, train.n_items
     k = cfg.choice_factors
     fixed = train.items.genre_matrix() * cfg.genre_scale
@@ -358,31 +411,19 @@ def _fit_watch(train: InteractionLog, st: _Stats, choice: ChoiceConfig, cfg: Cal
     T = _unit_rows(rng.standard_normal((nu, D))).astype(np.float32)
     L = (0.1 * rng.standard_normal((ni, k))).astype(np.float32)
     user_const, item_const, conf = _offsets_parts(st, choice)
+    user_const, item_const, conf = (x.astype(np.float32) for x in (user_const, item_const, conf))
     pop_c = (st.popularity - 0.5).astype(np.float32)
-    method = cfg.watch_method
-    if method == "auto":
-        method = "dense" if nu * ni <= cfg.dense_limit else "sampled"
     opt = _Adam([T, L], cfg.watch_lr)
-    u, i = train.user.astype(np.int64), train.item.astype(np.int64)
-    uniq = np.unique(u * ni + i)  # repeated interactions count once
+    uniq, wpos = _positive_pairs(train, cfg)
     pu, pi = uniq // ni, uniq % ni
-    wpos = np.ones(len(uniq), dtype=np.float32)
-    if cfg.watch_recency > 0:  # weight of each (user, item): its latest interaction's place in the user's order
-        q = _user_position(train, np.ones(len(train), dtype=bool))
-        key = u * ni + i
-        at = np.searchsorted(uniq, key)
-        qmax = np.zeros(len(uniq))
-        np.maximum.at(qmax, at, q)
-        wpos = np.exp(cfg.watch_recency * (qmax - 1.0)).astype(np.float32)
-        wpos *= len(wpos) / wpos.sum()
     n_pos_u = np.bincount(pu, wpos, minlength=nu).astype(np.float64)
     n_total = float(wpos.sum())
-    active = n_pos_u > 0
-    # Negatives get weight (positives / negatives) per user: a class-balanced loss, times neg_weight.
-    wneg = (neg_weight * n_pos_u / np.maximum(ni - n_pos_u, 1)).astype(np.float32)
     F = np.empty((ni, D), dtype=np.float32)
     F[:, k:] = fixed
-    if method == "dense":
+    if cfg.watch_method == "dense":
+        active = n_pos_u > 0
+        # Negatives get weight (positives / negatives) per user: a class-balanced loss, times neg_weight.
+        wneg = (neg_weight * n_pos_u / np.maximum(ni - n_pos_u, 1)).astype(np.float32)
         pos = np.zeros((nu, ni), dtype=bool)
         pos[pu, pi] = True
         posw = np.zeros((nu, ni), dtype=np.float32)
@@ -395,7 +436,7 @@ def _fit_watch(train: InteractionLog, st: _Stats, choice: ChoiceConfig, cfg: Cal
             for s in range(0, nu, chunk):
                 sl = slice(s, min(s + chunk, nu))
                 S = scale * (T[sl] @ F.T)
-                S += (user_const[sl, None] + item_const[None, :] + conf[sl, None] * pop_c[None, :]).astype(np.float32)
+                S += user_const[sl, None] + item_const[None, :] + conf[sl, None] * pop_c[None, :]
                 P = 1.0 / (1.0 + np.exp(-S))
                 Y = pos[sl]
                 Gm = np.where(Y, (P - 1.0) * posw[sl], P * wneg[sl, None]).astype(np.float32)
@@ -407,31 +448,61 @@ def _fit_watch(train: InteractionLog, st: _Stats, choice: ChoiceConfig, cfg: Cal
             opt.step([gT, gL])
             T[:] = _unit_rows(T)
             np.clip(L, -1.0, 1.0, out=L)
-    else:
-        for it in range(cfg.watch_iters):
-            F[:, :k] = L
-            # one fresh negative per positive, redrawn while it hits an observed pair (uniq is sorted)
-            nu_ = pu.copy()
-            ni_ = rng.integers(0, ni, size=len(pu))
-            for _ in range(10):
-                key = nu_ * ni + ni_
-                at = np.minimum(np.searchsorted(uniq, key), len(uniq) - 1)
-                clash = uniq[at] == key
-                if not clash.any():
-                    break
-                ni_[clash] = rng.integers(0, ni, size=int(clash.sum()))
-            U = np.concatenate([pu, nu_])
-            I = np.concatenate([pi, ni_])
-            S = scale * np.einsum("nd,nd->n", T[U], F[I]) + user_const[U] + item_const[I] + conf[U] * pop_c[I]
-            P = 1.0 / (1.0 + np.exp(-S))
-            g = np.concatenate([(P[: len(pu)] - 1.0) * wpos, P[len(pu):] * neg_weight]).astype(np.float32) / n_total
-            gT = scale * _group_sum(U, g[:, None] * F[I], nu).astype(np.float32)
-            gF = scale * _group_sum(I, g[:, None] * T[U], ni).astype(np.float32)
-            opt.step([gT, gF[:, :k] + cfg.watch_reg * L])
-            T[:] = _unit_rows(T)
-            np.clip(L, -1.0, 1.0, out=L)
+        F[:, :k] = L
+        return _WatchFit(T, F.copy(), scale)
+
+    # Each negative stands for (unobserved items / m) of the user's negatives; with the class-balanced
+    # weight that is neg_weight * (the user's mean positive weight) / m per sampled negative.
+    m = cfg.watch_negatives
+    wbar = (n_pos_u / np.maximum(np.bincount(pu, minlength=nu), 1)).astype(np.float32)
+    P_ = len(uniq)
+    seen = PairSet(pu, pi, ni)
+    # Minibatches of watch_epochs passes over the positives in watch_iters steps (full batches when small):
+    # the cost grows with the log, and every user still gets watch_iters updates.
+    batch = min(P_, max(cfg.watch_batch, math.ceil(P_ * cfg.watch_epochs / cfg.watch_iters)))
+    perm = np.arange(P_)
+    at = P_
+    half = cfg.watch_iters // 2
+    for step in range(cfg.watch_iters):
+        F[:, :k] = L
+        if step >= half:
+            opt.lr = cfg.watch_lr * (1.0 - (1.0 - cfg.watch_lr_final) * (step - half + 1) / max(cfg.watch_iters - half, 1))
+        if batch == P_:
+            b = perm
+        else:
+            if at + batch > P_:
+                perm, at = rng.permutation(P_), 0
+            b = np.sort(perm[at: at + batch])  # sorted: rows stay grouped by user, so M below is CSR as built
+            at += batch
+        bu, bw = pu[b], wpos[b]
+        # row r: its positive item, then m negatives for the same user
+        items = np.empty((b.size, 1 + m), dtype=np.int64)
+        items[:, 0] = pi[b]
+        items[:, 1:] = seen.draw_unseen(np.repeat(bu, m), rng, balanced=cfg.watch_balanced).reshape(b.size, m)
+        S = scale * _row_dots(T, F, bu, items)
+        S += user_const[bu][:, None] + item_const[items] + conf[bu][:, None] * pop_c[items]
+        Pr = 1.0 / (1.0 + np.exp(-S))
+        denom = float(bw.sum())
+        g = Pr * ((neg_weight / m) * wbar[bu] / denom)[:, None]
+        g[:, 0] = (Pr[:, 0] - 1.0) * bw / denom
+        indptr = np.concatenate([[0], np.cumsum(np.bincount(bu, minlength=nu) * (1 + m))])
+        M = sp.csr_matrix((g.ravel(), items.ravel(), indptr), shape=(nu, ni))
+        gT = scale * np.asarray(M @ F)
+        gL = scale * np.asarray(M.T @ np.ascontiguousarray(T[:, :k])) + cfg.watch_reg * L
+        opt.step([gT.astype(np.float32, copy=False), gL.astype(np.float32, copy=False)])
+        T[:] = _unit_rows(T)
+        np.clip(L, -1.0, 1.0, out=L)
     F[:, :k] = L
     return _WatchFit(T, F.copy(), scale)
+
+
+def _row_dots(T: np.ndarray, F: np.ndarray, users: np.ndarray, items: np.ndarray, chunk: int = 1 << 16) -> np.ndarray:
+    """``<T[users[r]], F[items[r, j]]>`` as ``items.shape``, in chunks of rows (bounded memory)."""
+    out = np.empty(items.shape, dtype=np.float32)
+    for s in range(0, users.size, chunk):
+        e = min(s + chunk, users.size)
+        out[s:e] = np.einsum("bd,bjd->bj", T[users[s:e]], F[items[s:e]])
+    return out
 
 
 def _watch_logits(fit: _WatchFit, st: _Stats, choice: ChoiceConfig, u: np.ndarray, i: np.ndarray) -> np.ndarray:
@@ -445,17 +516,8 @@ def _best_shift(fit: _WatchFit, st: _Stats, choice: ChoiceConfig, fit_log: Inter
     """The logit shift that maximises per-user 1:1 accuracy on the validation slice, and that accuracy."""
     ni = val.n_items
     u, i = val.user.astype(np.int64), val.item.astype(np.int64)
-    seen = np.zeros((val.n_users, ni), dtype=bool) if val.n_users * ni <= 50_000_000 else None
-    if seen is None:
-        return 0.0, float("nan")
-    seen[fit_log.user, fit_log.item] = True
-    seen[u, i] = True
-    neg = rng.integers(0, ni, size=len(u))
-    for _ in range(50):
-        bad = seen[u, neg]
-        if not bad.any():
-            break
-        neg[bad] = rng.integers(0, ni, size=int(bad.sum()))
+    seen = PairSet(np.concatenate([fit_log.user, u]), np.concatenate([fit_log.item, i]), ni)
+    neg = seen.draw_unseen(u, rng, tries=50)
     lp = _watch_logits(fit, st, choice, u, i)
     ln = _watch_logits(fit, st, choice, u, neg)
     n_u = np.bincount(u, minlength=val.n_users)
@@ -491,7 +553,9 @@ def _level(x: float, words: tuple[str, str, str]) -> str:
 
 def _title(t: str) -> str:
     try:
-        from simrec.llm.sanitize import display_title  # "Usual Suspects, The (1995)" -> "The Usual Suspects (1995)"
+        from simrec.llm.sanitize import (
+            display_title,  # "Usual Suspects, The (1995)" -> "The Usual Suspects (1995)"
+        )
     except ImportError:  # pragma: no cover
         return t
     return display_title(t)
@@ -502,11 +566,13 @@ def _join(words: list[str]) -> str:
 
 
 def describe_user(log: InteractionLog, user: int, rows: np.ndarray, st: _Stats, max_titles: int = 3,
-                  titles: list[str] | None = None) -> str:
+                  titles: list[str] | None = None, has_ratings: bool | None = None) -> str:
     """A plain-language profile of ``user`` from their (train) rows of ``log``.
 
-    ``titles`` are the display titles of the items (default: computed from ``log``).
+    ``titles`` are the display titles of the items and ``has_ratings`` is ``log.has_ratings`` (default:
+    computed from ``log``; pass both when describing many users, each costs a pass over the log).
     """
+    rated = log.has_ratings if has_ratings is None else has_ratings
     users = log.users
     who = []
     age = int(users.ages[user])
@@ -518,7 +584,7 @@ def describe_user(log: InteractionLog, user: int, rows: np.ndarray, st: _Stats, 
     who.append(occ if occ and occ not in ("none", "other") else "viewer")
     kind = "film" if log.name.startswith("ml-") else "item"
     n = len(rows)
-    verb = "rated" if log.has_ratings else "watched"
+    verb = "rated" if rated else "watched"
     parts = [f"A {' '.join(who)} who has {verb} {n} {kind}{'s' if n != 1 else ''} so far."]
     share = st.genre_share[user]
     names = log.items.genre_names
@@ -526,7 +592,7 @@ def describe_user(log: InteractionLog, user: int, rows: np.ndarray, st: _Stats, 
     if top:
         parts.append("Favourite genres: " + _join([f"{names[k]} ({share[k]:.0%})" for k in top]) + ".")
     tr = st.traits[user]
-    if log.has_ratings and np.isfinite(st.user_mean[user]):
+    if rated and np.isfinite(st.user_mean[user]):
         diff = float(st.user_mean[user] - st.crowd_of_user[user])
         tone = "generously" if diff > 0.25 else "harshly" if diff < -0.25 else "about like everyone else"
         parts.append(f"Rates {tone}: {st.user_mean[user]:.1f} stars on average where others give the same "
@@ -535,7 +601,7 @@ def describe_user(log: InteractionLog, user: int, rows: np.ndarray, st: _Stats, 
         titles = [_title(t) for t in log.items.titles]
     if max_titles and n:
         order = rows[np.lexsort((-log.timestamp[rows], -np.nan_to_num(log.rating[rows], nan=0.0)))]
-        if log.has_ratings:
+        if rated:
             loved = [titles[log.item[j]] for j in order if log.rating[j] >= 4][:max_titles]
             hated = [titles[log.item[j]] for j in order[::-1] if log.rating[j] <= 2][: max(1, max_titles - 1)]
             if loved:
@@ -682,6 +748,7 @@ def calibrate(train: InteractionLog, config: CalibrationConfig | dict | None = N
     starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
     keep = np.flatnonzero(counts > 0)
     titles = [_title(t) for t in train.items.titles]
+    rated = train.has_ratings
     personas = []
     for uidx in keep:
         rows = order[starts[uidx]: starts[uidx] + counts[uidx]]
@@ -693,7 +760,7 @@ def calibrate(train: InteractionLog, config: CalibrationConfig | dict | None = N
         personas.append(Persona(
             id=persona_id(raw), name=f"Viewer {raw}", age=min(max(age, 10), 110) if age else 35,
             occupation=train.users.occupations[uidx] or "other",
-            description=describe_user(train, int(uidx), rows, st, cfg.max_history_titles, titles),
+            description=describe_user(train, int(uidx), rows, st, cfg.max_history_titles, titles, rated),
             traits=Traits(**{k: round(float(v), 6) for k, v in zip(("activity", "conformity", "diversity",
                                                                       "patience", "pickiness"), tr)}),
             interests=interests, taste=[float(x) for x in taste[uidx].astype(np.float32)],

@@ -50,6 +50,8 @@ from typing import Any, Callable, Sequence
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
+from simrec.cognition import CognitionBackend, EmbeddedCognition, make_backend
+from simrec.cognition.base import SOURCE_FALLBACK
 from simrec.data.calibration import (
     DEFAULT_DATA_DIR,
     CalibratedWorld,
@@ -57,12 +59,12 @@ from simrec.data.calibration import (
     movielens_settings,
     percentile_ranks,
 )
-from simrec.cognition import CognitionBackend, EmbeddedCognition, make_backend
-from simrec.cognition.base import SOURCE_FALLBACK
-from simrec.errors import ConfigError
+from simrec.data.pairs import PairSet
 from simrec.envs.simulator import Simulator
 from simrec.envs.spec import EnvSpec, resolve_spec
+from simrec.errors import ConfigError
 from simrec.llm.endpoint import llm_endpoint
+from simrec.resume import Journal, apply_changes, changes, to_json_value, with_llm_cache
 
 RATIOS = (1, 3, 9)
 #: Metrics of the README table, in order (JSON holds these and the diagnostics below).
@@ -192,15 +194,76 @@ def classification_metrics(user: np.ndarray, label: np.ndarray, pred: np.ndarray
 
 @dataclass
 class EvalSet:
-    """Held-out positives and sampled negatives of the evaluated users (population indices)."""
+    """Held-out positives and sampled negatives of the evaluated users (population indices).
+
+    Seen items are :class:`~simrec.data.pairs.PairSet` s over population indices, so the harness never
+    holds a population x items matrix; the browsing simulation holds one row per *evaluated* user.
+    """
 
     users: np.ndarray  # (E,) population indices
     pos_user: np.ndarray  # (P,) population index of each held-out positive
     pos_item: np.ndarray
     pos_rating: np.ndarray
     negatives: dict[int, tuple[np.ndarray, np.ndarray]]  # ratio -> (user, item)
-    observed: np.ndarray  # (n_pop, n_items) bool: train or test rows of the user
-    train_seen: np.ndarray  # (n_pop, n_items) bool: train rows
+    observed: PairSet  # (population user, item) pairs in the user's train or test rows
+    train_seen: PairSet  # (population user, item) pairs in train rows
+    n_items: int = 0
+
+    def train_matrix(self) -> np.ndarray:
+        """``(E, n_items)`` bool: train items of each evaluated user, rows in ``users`` order."""
+        m = np.zeros((self.users.size, self.n_items), dtype=bool)
+        keys = self.train_seen.keys
+        u, i = keys // self.n_items, keys % self.n_items
+        row = np.searchsorted(self.users, u)
+        ok = (row < self.users.size) & (self.users[np.minimum(row, self.users.size - 1)] == u)
+        m[row[ok], i[ok]] = True
+        return m
+
+
+def _distinct_unseen(users: np.ndarray, want: np.ndarray, observed: PairSet, rng: np.random.Generator
+                     ) -> tuple[np.ndarray, np.ndarray]:
+    """For each ``users[j]``, ``min(want[j], unobserved items)`` distinct items drawn uniformly among the
+    items it has not observed (by rejection; a user short of unobserved items gets all of them)."""
+    ni = observed.n_items
+    if users.size == 0:
+        return np.empty(0, np.int64), np.empty(0, np.int64)
+    obs_user = observed.keys // ni
+    free = ni - np.bincount(obs_user, minlength=int(max(users.max(), obs_user.max(initial=0))) + 1)[users]
+    want = np.minimum(want, free)
+    out_u, out_i = [], []
+    dense = want > free // 2  # rejection would mostly redraw: list the user's free items instead
+    for j in np.flatnonzero(dense & (want > 0)):
+        pool = np.flatnonzero(~observed.contains(np.full(ni, users[j]), np.arange(ni)))
+        out_u.append(np.full(want[j], users[j]))
+        out_i.append(rng.choice(pool, size=want[j], replace=False))
+    todo = np.flatnonzero(~dense & (want > 0))
+    need = want[todo].copy()
+    while todo.size:
+        # enough draws that the unobserved ones alone cover `need` twice over (free >= 2 need here)
+        draw = 2 * need * ni // np.maximum(free[todo], 1) + 8
+        cu = np.repeat(todo, draw)
+        ci = rng.integers(0, ni, size=cu.size)
+        ok = ~observed.contains(users[cu], ci)
+        cu, ci = cu[ok], ci[ok]
+        order = np.lexsort((rng.random(cu.size), ci, cu))
+        cu, ci = cu[order], ci[order]
+        first = np.r_[True, (cu[1:] != cu[:-1]) | (ci[1:] != ci[:-1])]  # drop repeats
+        cu, ci = cu[first], ci[first]
+        order = np.lexsort((rng.random(cu.size), cu))  # random order within each user, then the first `want`
+        cu, ci = cu[order], ci[order]
+        start = np.searchsorted(cu, todo)
+        got = np.searchsorted(cu, todo, side="right") - start
+        enough = got >= need
+        rank = np.arange(cu.size) - np.repeat(start, got)
+        take = enough[np.searchsorted(todo, cu)] & (rank < np.repeat(need, got))
+        out_u.append(users[cu[take]])
+        out_i.append(ci[take])
+        todo, need = todo[~enough], need[~enough]  # the few short of items draw again, from scratch
+    if not out_u:
+        return np.empty(0, np.int64), np.empty(0, np.int64)
+    u, i = np.concatenate(out_u).astype(np.int64), np.concatenate(out_i).astype(np.int64)
+    order = np.argsort(u, kind="stable")
+    return u[order], i[order]
 
 
 def build_eval_set(world: CalibratedWorld, cfg: FidelityConfig, rng: np.random.Generator) -> EvalSet:
@@ -213,11 +276,10 @@ def build_eval_set(world: CalibratedWorld, cfg: FidelityConfig, rng: np.random.G
     tu = to_pop[test.user]
     keep = tu >= 0
     tu, ti, tr = tu[keep], test.item[keep].astype(np.int64), test.rating[keep]
-    train_seen = np.zeros((n_pop, ni), dtype=bool)
     tru = to_pop[split.train.user]
-    train_seen[tru[tru >= 0], split.train.item[tru >= 0]] = True
-    observed = train_seen.copy()
-    observed[tu, ti] = True
+    trk = tru >= 0
+    train_seen = PairSet(tru[trk], split.train.item[trk], ni)
+    observed = PairSet(np.concatenate([tru[trk], tu]), np.concatenate([split.train.item[trk], ti]), ni)
     # one positive per (user, item): the latest test row
     key = tu * ni + ti
     _, first = np.unique(key[::-1], return_index=True)
@@ -237,18 +299,8 @@ def build_eval_set(world: CalibratedWorld, cfg: FidelityConfig, rng: np.random.G
         m[order[rank < cfg.max_positives]] = True
         tu, ti, tr = tu[m], ti[m], tr[m]
     n_pos = np.bincount(tu, minlength=n_pop)
-    negatives: dict[int, tuple[np.ndarray, np.ndarray]] = {}
-    for ratio in cfg.ratios:
-        nu_, ni_ = [], []
-        for u in users:
-            pool = np.flatnonzero(~observed[u])
-            k = min(int(ratio * n_pos[u]), pool.size)
-            if k:
-                nu_.append(np.full(k, u))
-                ni_.append(rng.choice(pool, size=k, replace=False))
-        negatives[ratio] = (np.concatenate(nu_) if nu_ else np.empty(0, np.int64),
-                            np.concatenate(ni_) if ni_ else np.empty(0, np.int64))
-    return EvalSet(users, tu, ti, tr.astype(np.float32), negatives, observed, train_seen)
+    negatives = {int(ratio): _distinct_unseen(users, ratio * n_pos[users], observed, rng) for ratio in cfg.ratios}
+    return EvalSet(users, tu, ti, tr.astype(np.float32), negatives, observed, train_seen, ni)
 
 
 # -- judging ---------------------------------------------------------------------------------------
@@ -293,21 +345,25 @@ def judge_pages(backend: CognitionBackend, pop: Any, user: np.ndarray, item: np.
 # -- browsing simulation ---------------------------------------------------------------------------
 
 
-def draw_pages(users: np.ndarray, k: int, excluded: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """``(B, k)`` distinct items per row, uniform among items not ``excluded[user]``."""
-    keys = rng.random((users.size, excluded.shape[1]))
-    keys[excluded[users]] += 2.0  # excluded items go last (used only if fewer than k remain)
+def draw_pages(rows: np.ndarray, k: int, excluded: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """``(B, k)`` distinct items per row, uniform among items not ``excluded[row]``."""
+    keys = rng.random((rows.size, excluded.shape[1]))
+    keys[excluded[rows]] += 2.0  # excluded items go last (used only if fewer than k remain)
     return np.argpartition(keys, k - 1, axis=1)[:, :k]
 
 
 def simulate_browsing(sim: Simulator, users: np.ndarray, excluded: np.ndarray, n_sessions: int,
                       concurrent: int, rng: np.random.Generator) -> dict[str, Any]:
-    """Run ``n_sessions`` sessions of ``users`` (drawn by the simulator's return model) on uniform
-    pages of unseen items; returns click counts per item and per user, ratings and step counts."""
+    """Run ``n_sessions`` sessions of ``users`` (sorted population indices, drawn by the simulator's
+    return model) on uniform pages of unseen items; ``excluded`` is ``(len(users), n_items)``: the items
+    each may not be shown (its train history). Returns click counts per item and per user, ratings and
+    step counts."""
     pop, backend = sim.pop, sim.backend
     K, max_steps = sim.spec.slate_size, sim.spec.max_steps
     ni = excluded.shape[1]
     excluded = excluded.copy()
+    row_of = np.full(pop.n_users, -1, np.int64)
+    row_of[users] = np.arange(users.size)
     item_clicks = np.zeros(ni, np.int64)
     user_clicks = np.zeros(pop.n_users, np.int64)
     ratings: list[np.ndarray] = []
@@ -320,14 +376,14 @@ def simulate_browsing(sim: Simulator, users: np.ndarray, excluded: np.ndarray, n
         sim.start_sessions(active, rng)
         t = 0
         while active.size and t < max_steps:
-            slates = draw_pages(active, K, excluded, rng)
+            slates = draw_pages(row_of[active], K, excluded, rng)
             res = sim.step(active, slates, rng)
             r = res.response
             rows, cols = np.nonzero(r.clicked)
             items = slates[rows, cols]
             np.add.at(item_clicks, items, 1)
             np.add.at(user_clicks, active[rows], 1)
-            excluded[active[rows], items] = True
+            excluded[row_of[active[rows]], items] = True
             rated = r.rating[r.clicked]
             ratings.append(rated[np.isfinite(rated)])
             steps += active.size
@@ -406,7 +462,7 @@ def _browsing_metrics(sim: Simulator, ev: EvalSet, cfg: FidelityConfig, rng: np.
                       real_items: np.ndarray, real_users: np.ndarray) -> dict[str, float]:
     n_sessions = max(1, int(round(cfg.sessions_per_user * ev.users.size)))
     concurrent = cfg.concurrent_sessions or max(1, ev.users.size // 16)
-    sim_out = simulate_browsing(sim, ev.users, ev.train_seen, n_sessions, concurrent, rng)
+    sim_out = simulate_browsing(sim, ev.users, ev.train_matrix(), n_sessions, concurrent, rng)
     sim_users = sim_out["user_clicks"][ev.users].astype(float)
     return {
         "pop_spearman": spearman(sim_out["item_clicks"], real_items),
@@ -433,7 +489,7 @@ def _baselines(world: CalibratedWorld, ev: EvalSet, cfg: FidelityConfig, rng: np
     tu = to_pop[train.user]
     neg = rng.integers(0, ni, size=tu.size)
     for _ in range(50):
-        bad = ev.train_seen[tu, neg]
+        bad = ev.train_seen.contains(tu, neg)
         if not bad.any():
             break
         neg[bad] = rng.integers(0, ni, size=int(bad.sum()))
@@ -479,12 +535,14 @@ def _baselines(world: CalibratedWorld, ev: EvalSet, cfg: FidelityConfig, rng: np
 
 def run_fidelity(spec: EnvSpec | str | dict = "movielens-v0", backends: dict[str, BackendFactory] | None = None,
                  config: FidelityConfig | dict | None = None, baselines: bool = True,
-                 log: Callable[[str], None] | None = None, worlds: dict[int, CalibratedWorld] | None = None
-                 ) -> FidelityResult:
+                 log: Callable[[str], None] | None = None, worlds: dict[int, CalibratedWorld] | None = None,
+                 journal: Journal | None = None) -> FidelityResult:
     """Run the harness over ``config.seeds`` for each backend in ``backends`` (name -> factory).
 
     ``spec`` is a movielens env spec (its ``world`` section says which data and split; its
     ``choice`` section is the embedded model). ``worlds`` may hold pre-calibrated worlds by seed.
+    ``journal`` keeps what each finished seed added to the result (values and info, one atomic entry
+    per seed) and takes the seeds it already holds from there, without calibrating or calling a backend.
     """
     sp = resolve_spec(spec)
     if sp.world.kind != "movielens":
@@ -498,6 +556,13 @@ def run_fidelity(spec: EnvSpec | str | dict = "movielens-v0", backends: dict[str
                    "backends": sorted(backends), "timing": {}}
     t_all = time.perf_counter()
     for seed in cfg.seeds:
+        done = journal.get(f"seed{seed}") if journal is not None else None
+        if done is not None:  # a finished seed: its values and info exactly as first recorded
+            apply_changes(result.values, done["values"])
+            apply_changes(result.info, done["info"])
+            say(f"seed {seed}: finished before, taken from {journal.path}")  # type: ignore[union-attr]
+            continue
+        before = to_json_value([result.values, result.info]) if journal is not None else None
         t0 = time.perf_counter()
         world = (worlds or {}).get(seed) or build_calibrated_world(settings, seed=seed, choice=sp.choice)
         t_cal = time.perf_counter() - t0
@@ -537,6 +602,9 @@ def run_fidelity(spec: EnvSpec | str | dict = "movielens-v0", backends: dict[str
                                       real_users).items():
                 result.add(name, m)
         result.info.setdefault("calibration", {})[str(seed)] = world.report
+        if journal is not None and before is not None:  # what this seed added, as one atomic entry
+            journal.put(f"seed{seed}", {"values": changes(before[0], result.values),
+                                        "info": changes(before[1], result.info)})
     result.info["timing"]["total_s"] = round(time.perf_counter() - t_all, 2)
     return result
 
@@ -576,6 +644,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--backend-config", metavar="JSON", default=None, help="extra LLM backend config as JSON")
     p.add_argument("--no-cache", action="store_true",
                    help="calibrate afresh instead of reusing the on-disk cache of calibrated worlds")
+    p.add_argument("--journal", metavar="DIR", default=None,
+                   help="keep each finished seed's results in DIR (default with --resume: the --json file's "
+                        "name with suffix .journal); LLM calls are recorded in DIR/llm_cache.sqlite unless "
+                        "--cache-path is given")
+    p.add_argument("--resume", action="store_true",
+                   help="after a crash: take the seeds finished in the journal from there, run the rest")
     p.add_argument("--quiet", action="store_true")
 
 
@@ -602,6 +676,30 @@ def command_line(args: argparse.Namespace) -> str:
         else:
             parts += [flag, str(value)]
     return " ".join(parts)
+
+
+#: ``simrec fidelity`` options that do not change a seed's results (where things go, how many seeds,
+#: where the LLM is served, whether calibrated worlds are cached); every other option must match on --resume.
+_NOT_FINGERPRINTED = {"func", "command", "command_error", "fidelity_error", "seeds", "json", "markdown", "quiet",
+                      "resume", "journal", "base_url", "api_key", "cache_path", "no_cache"}
+
+
+def _journal(args: argparse.Namespace) -> Journal | None:
+    """The per-seed journal of ``--journal``/``--resume`` (None without either)."""
+    if not (args.resume or args.journal):
+        return None
+    if args.journal:
+        path = Path(args.journal)
+    elif args.json:
+        path = Path(args.json).with_suffix(".journal")
+    else:
+        raise ConfigError("--resume keeps finished seeds in a journal. Fix: pass --journal DIR (or --json "
+                          "FILE.json: the journal is then FILE.journal beside it).")
+    fp = {"--" + k.replace("_", "-"): v for k, v in sorted(vars(args).items())
+          if k not in _NOT_FINGERPRINTED and not callable(v)}
+    if args.data:
+        fp["--data"] = str(Path(args.data).resolve())
+    return Journal(path, fp, resume=args.resume, command="fidelity")
 
 
 def run_cli(args: argparse.Namespace) -> int:
@@ -631,6 +729,9 @@ def run_cli(args: argparse.Namespace) -> int:
     cfg = FidelityConfig(seeds=list(range(args.seeds)), page_size=args.page_size, max_users=args.max_users,
                          max_positives=args.max_positives, sessions_per_user=sessions, simulate=not args.no_simulate)
     say = (lambda s: None) if args.quiet else (lambda s: print(s, file=sys.stderr, flush=True))
+    journal = _journal(args)
+    if journal is not None and journal.resumed:
+        say(f"resuming: {len(journal.units())} finished seeds in {journal.path}")
     with contextlib.ExitStack() as stack:
         factories: dict[str, BackendFactory] = {}
         for name in names:
@@ -639,8 +740,10 @@ def run_cli(args: argparse.Namespace) -> int:
             else:
                 endpoint = stack.enter_context(llm_endpoint("llm", args.base_url, args.model))
                 llm_cfg = {**(endpoint or {}), **_llm_config(args)}
+                if journal is not None:  # the calls of a seed cut short are replayed, not paid again
+                    llm_cfg = with_llm_cache(llm_cfg, journal.path)
                 factories["llm"] = llm_factory(llm_cfg)
-        result = run_fidelity(spec, factories, cfg, baselines=not args.no_baselines, log=say)
+        result = run_fidelity(spec, factories, cfg, baselines=not args.no_baselines, log=say, journal=journal)
     result.info["command"] = command_line(args)
     table = result.markdown()
     print(table)

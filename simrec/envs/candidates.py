@@ -37,8 +37,9 @@ class CandidateGenerator:
 
     def reset(self) -> None:
         """Forget buffered random numbers (call when the generator's rng is re-seeded)."""
-        self._buf: list[int] = []
-        self._pos = 0
+        self._rows: np.ndarray | None = None  # (64, k) draws of the current block, see _draw_one
+        self._ok: list[bool] = []  # per row: enough distinct values in its chunk
+        self._row = 0
 
     @property
     def available(self) -> np.ndarray | None:
@@ -98,23 +99,42 @@ class CandidateGenerator:
         """Sequential sampling without replacement from ``range(n)`` (default: the catalog): uniform draws,
         duplicates skipped.
 
-        Uniform integers are drawn from ``rng`` in blocks and consumed in order, so the result is a
-        deterministic function of the rng's stream, at a fraction of ``rng.choice``'s cost.
+        Uniform integers are drawn from ``rng`` in blocks of 64 chunks of ``k + 8 + k // 4`` and consumed a
+        chunk per call; each chunk's first ``k`` distinct values (in order) are the draw, so the result is a
+        deterministic function of the rng's stream, at a fraction of ``rng.choice``'s cost. The whole
+        block's rows are deduplicated in one vectorised pass when it is drawn; a call returns a view of its row.
         """
         k = self.k
         n = self.n if n is None else n
-        take = k + 8 + k // 4
         if 2 * k > n:  # dense draws: rejection would loop; a permutation is cheaper
             return rng.permutation(n)[:k][None, :]
-        if self._pos + take > len(self._buf):
-            self._buf = rng.integers(0, n, size=64 * take).tolist()
-            self._pos = 0
-        chunk = self._buf[self._pos:self._pos + take]
-        self._pos += take
-        uniq = list(dict.fromkeys(chunk))
-        if len(uniq) < k:  # rare: too many repeats in this chunk
+        i = self._row
+        if self._rows is None or i >= len(self._ok):
+            self._refill(rng, n)
+            i = 0
+        self._row = i + 1
+        if not self._ok[i]:  # rare: too many repeats in this chunk; drawn now, as the stream requires
             return rng.choice(n, size=(1, k), replace=False)
-        return np.array(uniq[:k])[None, :]
+        return self._rows[i:i + 1]
+
+    def _refill(self, rng: np.random.Generator, n: int, chunks: int = 64) -> None:
+        """Draw the next block of chunks and keep, per chunk, its first ``k`` distinct values in order."""
+        k, take = self.k, self.k + 8 + self.k // 4
+        block = rng.integers(0, n, size=(chunks, take))
+        # Sorting value * take + position puts each value's copies together, its first occurrence first;
+        # the few later copies are found from the sorted keys and struck out of an all-true mask.
+        srt = np.sort(block * take + np.arange(take), axis=1).ravel()
+        val = srt // take
+        again = np.flatnonzero(val[1:] == val[:-1]) + 1  # flat sorted index of a repeated value...
+        again = again[again % take != 0]  # ...within its own chunk (not the first key of the next one)
+        first = np.ones(block.size, dtype=bool)
+        first[again - again % take + (srt[again] - val[again] * take)] = False  # chunk start + position
+        first = first.reshape(block.shape)
+        seen = np.cumsum(first, axis=1)
+        ok = seen[:, -1] >= k
+        rows = np.zeros((chunks, k), dtype=np.int64)
+        rows[ok] = block[first & (seen <= k) & ok[:, None]].reshape(-1, k)
+        self._rows, self._ok = rows, ok.tolist()
 
     def _popular_mix(self, rng: np.random.Generator, batch: int, mask: np.ndarray | None = None) -> np.ndarray:
         m = round(self.config.popular_fraction * self.k)

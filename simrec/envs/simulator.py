@@ -66,6 +66,17 @@ class Simulator:
         # Observation history as a ring of ready-made rows per user, so observe() is one gather.
         self._hist = np.zeros((self.pop.n_users, spec.history_window, d + len(HISTORY_FEATURES)), np.float32)
         self._hist_order = np.arange(spec.history_window)
+        # Single-user fast path: per-item views and history-row templates (features, clicked 1, rating and
+        # consumption filled per step, valid 1; the last row is "nothing chosen"), and the ring's
+        # oldest-first order for each write position.
+        self._d = d
+        self._item_feats, self._item_topics = self.item_rows[:, :d], self.item_rows[:, d + 1:]
+        self._hist_rows = np.zeros((len(cat) + 1, d + len(HISTORY_FEATURES)), np.float32)
+        self._hist_rows[:-1, :d] = cat.features
+        self._hist_rows[:-1, d] = 1.0
+        self._hist_rows[:, d + 3] = 1.0
+        w = spec.history_window
+        self._ring_orders = [np.r_[k:w, 0:k] for k in range(w)]
 
     # -- spaces ---------------------------------------------------------------------------------
     def observation_space(self) -> spaces.Dict:
@@ -151,60 +162,65 @@ class Simulator:
 
     def step_one(self, u: int, slate: np.ndarray, rng: np.random.Generator) -> StepResult:
         """:meth:`step` for one user: the single env's fast path (same model, same random draws)."""
-        backend = self.backend
-        if not hasattr(backend, "decide_one"):
+        if not hasattr(self.backend, "decide_one"):
             return self.step(slice(u, u + 1), slate[None, :], rng)
-        pop, cat, r = self.pop, self.catalog, self.spec.reward
-        resp = backend.decide_one(pop, u, slate, rng)
-        choice = resp.meta["choice"]
-        K = slate.size
-        d = cat.dim
-        hit = choice < K
+        resp, reward, shifted = self._step_one(u, slate, rng)
+        return StepResult(resp, np.array([reward]), slate[None, :], np.array([shifted]))
+
+    def _step_one(self, u: int, slate: np.ndarray, rng: np.random.Generator) -> tuple[ResponseBatch, float, bool]:
+        """The fast path's work, returning the reward and concept shift as Python scalars (the single env
+        calls this directly). Needs a backend with ``decide_one`` whose ``meta`` has ``choice``, ``shown_topics``
+        and ``utility``; the embedded backend's extra scalars (``best_utility``, ``choice_consumption``,
+        ``choice_rating``) save reading them back from the arrays."""
+        pop, r = self.pop, self.spec.reward
+        resp = self.backend.decide_one(pop, u, slate, rng)
+        meta = resp.meta
+        choice = meta["choice"]
+        hit = choice < slate.size
         if hit:
-            item = int(slate[choice])
-            cons = float(resp.consumption[0, choice])
-            rating = float(resp.rating[0, choice])
-            row = self.item_rows[item]
-            feats, topics = row[:d], row[d + 1:]
+            item = slate.item(choice)
+            cons = meta.get("choice_consumption")
+            if cons is None:  # a decide_one that hands on only the arrays
+                cons, rating = resp.consumption.item(choice), resp.rating.item(choice)
+            else:
+                rating = meta["choice_rating"]
+            feats, topics = self._item_feats[item], self._item_topics[item]
+            exp = (rating - 3.0) / 2.0 if rating == rating else 2.0 * cons - 1.0
         else:
-            item, cons, rating, feats, topics = -1, 0.0, float("nan"), None, None
-        exp = (rating - 3.0) / 2.0 if rating == rating else 2.0 * cons - 1.0
-        if not hit:
+            item, cons, rating, feats, topics = -1, 0.0, math.nan, None, None
             exp = self.dynamics.config.satisfaction.no_click
-        shown_topics = resp.meta["shown_topics"]
+        state = pop.state
         shifted = self.dynamics.step_one(
-            pop.state, u, chosen_features=feats, consumption=cons, consumed_topics=topics,
-            shown_topics=shown_topics, best_utility=max(resp.meta["utility"][0].tolist()), experience=exp,
+            state, u, chosen_features=feats, consumption=cons, consumed_topics=topics,
+            shown_topics=meta["shown_topics"],
+            best_utility=meta["best_utility"] if "best_utility" in meta else max(meta["utility"][0].tolist()), experience=exp,
             rng=rng, directions=pop.directions,
         )
         mem = pop.memory
-        mem.write_one(u, slate, item, rating, cons, exp, float(pop.state.clock[u]), topics)
-        hrow = self._hist[u, (int(mem.count[u]) - 1) % self.spec.history_window]
+        mem.write_one(u, slate, item, rating, cons, exp, state.clock.item(u), topics)
+        hrow = self._hist[u, (mem.count.item(u) - 1) % self.spec.history_window]
+        hrow[:] = self._hist_rows[item]  # item -1: the "nothing chosen" row
         if hit:
-            hrow[:d] = feats
-            hrow[d:] = (1.0, rating / 5.0 if rating == rating else 0.0, cons, 1.0)
-        else:
-            hrow[:] = 0.0
-            hrow[d + 3] = 1.0
+            hrow[self._d + 1] = rating / 5.0 if rating == rating else 0.0
+            hrow[self._d + 2] = cons
         reward = r.click * hit + r.leave * bool(resp.leave[0])
         if r.consumption:
             reward += r.consumption * cons
         if r.rating and rating == rating:
             reward += r.rating * (rating - 3.0) / 2.0
-        return StepResult(resp, np.array([float(reward)]), slate[None, :], np.array([shifted]))
+        return resp, float(reward), shifted
 
     def observe_one(self, u: int, cands: np.ndarray, t: int, clicks: int) -> dict[str, np.ndarray]:
         """:meth:`observe` for one user, without the batch dimension."""
-        s = self.spec
-        inv = 1.0 / s.max_steps
+        inv = 1.0 / self.spec.max_steps
         user = np.array([
-            self._ages[u],
-            min(math.log1p(int(self.pop.state.sessions[u])) * self._inv_log_sessions, 1.0),
-            t * inv, min(clicks * inv, 1.0), min(float(self._last_gap[u]) * 1e-3, 1.0),
+            self._ages.item(u),
+            min(math.log1p(self.pop.state.sessions.item(u)) * self._inv_log_sessions, 1.0),
+            t * inv, min(clicks * inv, 1.0), min(self._last_gap.item(u) * 1e-3, 1.0),
         ], dtype=np.float32)
-        h, k = self._hist[u], int(self.pop.memory.count[u]) % s.history_window  # oldest record sits at slot k
-        return {"candidates": np.take(self.item_obs, cands, axis=0), "user": user,
-                "history": np.concatenate((h[k:], h[:k]))}
+        k = self.pop.memory.count.item(u) % self.spec.history_window  # the oldest record sits at slot k
+        return {"candidates": self.item_obs.take(cands, axis=0), "user": user,
+                "history": self._hist[u].take(self._ring_orders[k], axis=0)}
 
     def backend_free_utility(self, users: np.ndarray | slice, slates: np.ndarray) -> np.ndarray:
         """Utility under the embedded model, for dynamics when a backend (e.g. an LLM) gives none."""

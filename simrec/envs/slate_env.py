@@ -81,6 +81,7 @@ class SlateEnv(gymnasium.Env):
             raise ValueError(f"render_mode must be one of {self.metadata['render_modes']}, got {render_mode!r}")
         self.render_mode = render_mode
         self._user = np.zeros(1, dtype=np.int64)
+        self._u = 0  # int(self._user[0])
         self._us = slice(0, 1)
         self._t = 0
         self._clicks = 0
@@ -102,7 +103,7 @@ class SlateEnv(gymnasium.Env):
             self._user = np.array([self.sim.pop.index_of(options["user_id"])])
         else:
             self._user = self.sim.pick_users(self.np_random, 1)
-        u = int(self._user[0])
+        u = self._u = int(self._user[0])
         self._us = slice(u, u + 1)  # a slice keeps per-user state reads as views (fast path)
         self.sim.start_sessions(self._us, self.np_random)
         self._t = 0
@@ -119,35 +120,50 @@ class SlateEnv(gymnasium.Env):
         if not self._started:
             raise RuntimeError("call reset() before step()")
         s = self.sim_spec
+        k = s.slate_size
         a = np.asarray(action)
-        if s.slate_size == 1 and a.size == 1:
+        if k == 1 and a.size == 1:
             a = a.reshape(1)
-        if not (a.shape == (s.slate_size,) and a.dtype.kind in "iu" and distinct_in_range(a.tolist(), s.num_candidates)):
-            validate_slates(a[None, ...], s.num_candidates, s.slate_size)  # raises with the precise problem
-        slate = self._cands[0, a]
-        res = self.sim.step_one(self.user_index, slate, self.np_random)
-        r = res.response
+        if not (a.shape == (k,) and a.dtype.kind in "iu" and distinct_in_range(a.tolist(), s.num_candidates)):
+            validate_slates(a[None, ...], s.num_candidates, k)  # raises with the precise problem
+        slate = self._cands[0].take(a)
+        u = self._u
+        sim = self.sim
+        if hasattr(sim.backend, "decide_one"):  # the scalar fast path (what step_one runs, minus its wrapping)
+            r, reward, shifted = sim._step_one(u, slate, self.np_random)
+            choice, stars = r.meta["choice"], r.meta.get("choice_rating")
+            if stars is None:
+                hit, rating = int(np.count_nonzero(r.clicked)), np.fmax(r.rating[0], 0.0)
+            else:  # one chosen item at most: the clicks and np.fmax(r.rating[0], 0.0) without ufuncs
+                hit = choice < k
+                rating = np.zeros(k, np.float32)
+                if stars == stars:
+                    rating[choice] = stars
+        else:
+            res = sim.step_one(u, slate, self.np_random)
+            r, reward, shifted = res.response, float(res.reward[0]), bool(res.shifted[0])
+            hit = int(np.count_nonzero(r.clicked))
+            rating = np.fmax(r.rating[0], 0.0)
         self._t += 1
-        self._clicks += int(np.count_nonzero(r.clicked))
+        self._clicks += hit
         terminated = bool(r.leave[0])
         truncated = (not terminated) and self._t >= s.max_steps
-        u = int(self._user[0])
         info: dict[str, Any] = {
-            "user_id": self.sim.pop.user_id(u), "t": self._t, "slate_items": slate,
-            "clicked": r.clicked[0], "rating": np.fmax(r.rating[0], 0.0), "consumption": r.consumption[0],
-            "leave": terminated, "source": int(r.source[0]), "concept_shift": bool(res.shifted[0]),
+            "user_id": sim.pop.user_id(u), "t": self._t, "slate_items": slate,
+            "clicked": r.clicked[0], "rating": rating, "consumption": r.consumption[0],
+            "leave": terminated, "source": int(r.source[0]), "concept_shift": shifted,
         }
         if r.reasons is not None:
             info["reason"] = r.reasons[0]
         if s.log_latent:
-            info["latent"] = self.sim.pop.state.snapshot(u)
-        self._cands = self.sim.candidates.draw(self.np_random, 1)
+            info["latent"] = sim.pop.state.snapshot(u)
+        self._cands = sim.candidates.draw(self.np_random, 1)
         info["candidate_items"] = self._cands[0]
         self._last = info
         if (terminated or truncated) and not self._session_ended:
-            self.sim.backend.end_session(self.sim.pop, self._user)
+            sim.backend.end_session(sim.pop, self._user)
             self._session_ended = True
-        return self._obs(), float(res.reward[0]), terminated, truncated, info
+        return self._obs(), reward, terminated, truncated, info
 
     def render(self) -> str | None:
         if self.render_mode != "ansi":
@@ -169,11 +185,11 @@ class SlateEnv(gymnasium.Env):
 
     # -- helpers --------------------------------------------------------------------------------
     def _obs(self) -> dict[str, np.ndarray]:
-        return self.sim.observe_one(self.user_index, self._cands[0], self._t, self._clicks)
+        return self.sim.observe_one(self._u, self._cands[0], self._t, self._clicks)
 
     @property
     def user_index(self) -> int:
-        return int(self._user[0])
+        return self._u
 
     @staticmethod
     def feature_names(dim: int) -> dict[str, Sequence[str]]:

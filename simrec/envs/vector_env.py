@@ -2,12 +2,22 @@
 
 from __future__ import annotations
 
+from enum import Enum
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from gymnasium.vector import AutoresetMode, VectorEnv
+from gymnasium.vector import VectorEnv
 from gymnasium.vector.utils import batch_space
+
+try:  # Gymnasium >= 1.1
+    from gymnasium.vector import AutoresetMode
+except ImportError:  # Gymnasium 1.0 has no enum (its vector envs always reset on the next step): same values
+
+    class AutoresetMode(Enum):  # type: ignore[no-redef]
+        NEXT_STEP = "NextStep"
+        SAME_STEP = "SameStep"
+        DISABLED = "Disabled"
 
 from simrec.cognition import CognitionBackend
 from simrec.envs.registration import build_world
@@ -24,11 +34,19 @@ class SlateVectorEnv(VectorEnv):
     most one slot at a time; the population defaults to ``max(pack size, 2 * num_envs)`` users
     (persona instances beyond the pack get their own state).
 
-    Autoreset is ``SAME_STEP``: when a slot's session ends, the returned observation is already
-    the next user's first one; the last one is in ``info["final_obs"]`` (masked by
-    ``info["_final_obs"]``) and its info in ``info["final_info"]``. ``reset(seed=s)`` restarts
-    the population. Create with
-    ``gymnasium.make_vec("simrec/Synthetic-v0", num_envs=N, vectorization_mode="vector_entry_point")``.
+    ``autoreset_mode`` (also a ``make_vec`` keyword; ``AutoresetMode`` or its name, e.g. ``"next_step"``),
+    recorded in ``metadata["autoreset_mode"]``:
+
+    * ``SAME_STEP`` (default): when a slot's session ends, the returned observation is already the
+      next user's first one; the last one is in ``info["final_obs"]`` (masked by ``info["_final_obs"]``)
+      and its info in ``info["final_info"]``.
+    * ``NEXT_STEP`` (what RLlib and Gymnasium's own vector envs assume): the step that ends a session
+      returns its last observation; the next step ignores that slot's action and returns the next
+      user's first observation with reward 0 and ``terminated``/``truncated`` False. Its info holds
+      ``user``, ``t`` (0) and ``candidate_items``; the per-step keys are masked out by ``info["_<key>"]``.
+
+    ``reset(seed=s)`` restarts the population. Create with ``gymnasium.make_vec("simrec/Synthetic-v0",
+    num_envs=N, vectorization_mode="vector_entry_point", autoreset_mode="next_step")``.
 
     ``info`` holds batched arrays: ``user`` (population index), ``t``, ``slate_items``, ``clicked``,
     ``rating`` (0 = not rated), ``consumption``, ``leave``, ``source`` and, for logging only, ``latent`` (dict of
@@ -39,7 +57,10 @@ class SlateVectorEnv(VectorEnv):
 
     def __init__(self, num_envs: int = 16, spec: EnvSpec | str | Path | dict = "synthetic-v0", *,
                  backend: CognitionBackend | str | None = None, population_size: int | None = None,
-                 **overrides: Any) -> None:
+                 autoreset_mode: AutoresetMode | str = AutoresetMode.SAME_STEP, **overrides: Any) -> None:
+        self.autoreset_mode = parse_autoreset_mode(autoreset_mode)
+        # per instance: two envs in one process may use different modes
+        self.metadata = {**type(self).metadata, "autoreset_mode": self.autoreset_mode}
         if isinstance(backend, str):  # a backend name ("embedded" | "llm") is a spec override
             overrides["backend"], backend = backend, None
         if num_envs < 1:
@@ -65,15 +86,23 @@ class SlateVectorEnv(VectorEnv):
         self._clicks = np.zeros(num_envs, dtype=np.int64)
         self._cands = np.zeros((num_envs, s.num_candidates), dtype=np.int64)
         self._row_offsets = (np.arange(num_envs) * s.num_candidates)[:, None]
+        self._autoreset = np.zeros(num_envs, dtype=bool)  # NEXT_STEP: slots whose session ended last step
         self._started = False
+
+    @property
+    def autoreset_pending(self) -> np.ndarray:
+        """Slots the next :meth:`step` resets (their action is ignored); always all False in ``SAME_STEP`` mode."""
+        return self._autoreset.copy()
 
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None):
         super().reset(seed=seed)
         if seed is not None or not self._started:
             self.sim.reset_population(self.np_random)
             self._started = True
-        elif self._t.any():
-            self.sim.backend.end_session(self.sim.pop, self._users[self._t > 0])
+        else:
+            open_ = (self._t > 0) & ~self._autoreset  # a pending-autoreset slot's session has already ended
+            if open_.any():
+                self.sim.backend.end_session(self.sim.pop, self._users[open_])
         options = options or {}
         if options.get("user_ids") is not None:
             users = np.array([self.sim.pop.index_of(u) for u in options["user_ids"]], dtype=np.int64)
@@ -85,6 +114,7 @@ class SlateVectorEnv(VectorEnv):
         self.sim.start_sessions(self._users, self.np_random)
         self._t[:] = 0
         self._clicks[:] = 0
+        self._autoreset[:] = False
         self._cands = self.sim.candidates.draw(self.np_random, self.num_envs)
         obs = self.sim.observe(self._users, self._cands, self._t, self._clicks)
         return obs, {"user": self._users.copy(), "t": self._t.copy(), "candidate_items": self._cands}
@@ -98,7 +128,10 @@ class SlateVectorEnv(VectorEnv):
             a = a[:, None]
         if a.shape[0] != self.num_envs:
             raise ValueError(f"expected actions for {self.num_envs} envs, got shape {a.shape}")
-        a = validate_slates(a, s.num_candidates, s.slate_size)
+        if self._autoreset.any():
+            return self._step_with_resets(a)
+        if not slates_ok(a, s.num_candidates, s.slate_size):
+            a = validate_slates(a, s.num_candidates, s.slate_size)  # raises, naming the problem
         slates = np.take(self._cands.ravel(), a + self._row_offsets)
         res = self.sim.step(self._users, slates, self.np_random)
         r = res.response
@@ -118,6 +151,12 @@ class SlateVectorEnv(VectorEnv):
         self._cands = self.sim.candidates.draw(self.np_random, self.num_envs)
         info["candidate_items"] = self._cands  # what the returned observation's candidates are
         done = terminated | truncated
+        if self.autoreset_mode is AutoresetMode.NEXT_STEP:
+            if done.any():
+                self.sim.backend.end_session(self.sim.pop, self._users[done])
+                self._autoreset = done
+            obs = self.sim.observe(self._users, self._cands, self._t, self._clicks)
+            return obs, res.reward, terminated, truncated, info
         if done.any():
             idx = np.flatnonzero(done)
             final = self.sim.observe(self._users[idx], self._cands[idx], self._t[idx], self._clicks[idx])
@@ -142,5 +181,98 @@ class SlateVectorEnv(VectorEnv):
         obs = self.sim.observe(self._users, self._cands, self._t, self._clicks)
         return obs, res.reward, terminated, truncated, info
 
+    def _step_with_resets(self, a: np.ndarray):
+        """A ``NEXT_STEP`` step where some slots start a new session instead of stepping."""
+        s, n = self.sim_spec, self.num_envs
+        fresh = self._autoreset
+        live = ~fresh
+        rows = np.flatnonzero(live)
+        idx = np.flatnonzero(fresh)
+        busy = self._users[rows]
+        ended = self._users[idx]
+        # the same preference as SAME_STEP: users who were not just in a session, if the population allows
+        excl = np.concatenate([busy, ended]) if self.sim.pop.n_users - busy.size - ended.size >= idx.size else busy
+        new = self.sim.pick_users(self.np_random, idx.size, exclude=excl)
+        self._users[idx] = new
+        self.sim.start_sessions(new, self.np_random)
+        self._t[idx] = 0
+        self._clicks[idx] = 0
+        reward = np.zeros(n, dtype=np.float64)
+        terminated = np.zeros(n, dtype=bool)
+        truncated = np.zeros(n, dtype=bool)
+        slates = np.full((n, s.slate_size), -1, dtype=np.int64)
+        clicked = np.zeros((n, s.slate_size), dtype=bool)
+        rating = np.zeros((n, s.slate_size), dtype=np.float32)  # ResponseBatch dtypes, as SAME_STEP returns them
+        consumption = np.zeros((n, s.slate_size), dtype=np.float32)
+        source = np.zeros(n, dtype=np.int8)
+        shifted = np.zeros(n, dtype=bool)
+        if rows.size:  # the resetting slots' actions are ignored, as in Gymnasium: not even validated
+            al = a[rows]
+            if not slates_ok(al, s.num_candidates, s.slate_size):
+                al = validate_slates(al, s.num_candidates, s.slate_size)
+            slates[rows] = np.take(self._cands.ravel(), al + self._row_offsets[rows])
+            res = self.sim.step(self._users[rows], slates[rows], self.np_random)
+            r = res.response
+            self._t[rows] += 1
+            self._clicks[rows] += r.clicked.sum(axis=1)
+            reward[rows] = res.reward
+            terminated[rows] = r.leave
+            truncated[rows] = ~r.leave & (self._t[rows] >= s.max_steps)
+            clicked[rows], rating[rows], consumption[rows] = r.clicked, np.fmax(r.rating, 0.0), r.consumption
+            source[rows], shifted[rows] = r.source, res.shifted
+        info: dict[str, Any] = {
+            "user": self._users.copy(), "t": self._t.copy(), "slate_items": slates, "clicked": clicked,
+            "rating": rating, "consumption": consumption, "leave": terminated, "source": source,
+            "concept_shift": shifted,
+        }
+        for k in ("slate_items", "clicked", "rating", "consumption", "leave", "source", "concept_shift"):
+            info["_" + k] = live  # a reset slot's info is a reset info: these keys are not in it
+        if s.log_latent:
+            st, u = self.sim.pop.state, self._users
+            info["latent"] = {"fatigue": st.fatigue[u], "satisfaction": st.satisfaction[u],
+                              "boredom": st.boredom[u], "taste": st.taste[u]}
+        self._cands = self.sim.candidates.draw(self.np_random, n)
+        info["candidate_items"] = self._cands
+        done = terminated | truncated
+        if done.any():
+            self.sim.backend.end_session(self.sim.pop, self._users[done])
+        self._autoreset = done
+        obs = self.sim.observe(self._users, self._cands, self._t, self._clicks)
+        return obs, reward, terminated, truncated, info
+
     def close_extras(self, **kwargs: Any) -> None:
-        self.sim.backend.close()
+        sim = getattr(self, "sim", None)  # None when __init__ raised (close() still runs from __del__)
+        if sim is not None:
+            sim.backend.close()
+
+
+def slates_ok(a: np.ndarray, num_candidates: int, slate_size: int) -> bool:
+    """Whether ``a`` (B, K) is a batch of valid slates: the quick test before :func:`validate_slates`.
+
+    One row sort finds repeats; for the small batches RL libraries step (8-64 slots) that is several
+    times cheaper than ``validate_slates``' pairwise column tests, which then only run to word the error.
+    """
+    if a.ndim != 2 or a.shape[1] != slate_size or a.dtype.kind not in "iu" or a.size == 0:
+        return False
+    if slate_size == 1:
+        return bool(a.min() >= 0 and a.max() < num_candidates)
+    srt = np.sort(a, axis=1)
+    return bool(srt[:, 0].min() >= 0 and srt[:, -1].max() < num_candidates and not (srt[:, 1:] == srt[:, :-1]).any())
+
+
+def parse_autoreset_mode(mode: AutoresetMode | str) -> AutoresetMode:
+    """``AutoresetMode.NEXT_STEP``, ``"next_step"``, ``"NEXT_STEP"`` or ``"NextStep"`` -> the enum member.
+
+    ``DISABLED`` is refused: resetting single slots needs a reset mask this env does not take.
+    """
+    if not isinstance(mode, AutoresetMode):
+        def norm(x: str) -> str:
+            return x.lower().replace("_", "").replace("-", "")
+
+        found = [m for m in AutoresetMode if norm(str(mode)) in (norm(m.name), norm(m.value))]
+        if not found:
+            raise ValueError(f"unknown autoreset_mode {mode!r}; use 'same_step' (the default) or 'next_step'")
+        mode = found[0]
+    if mode.name not in ("SAME_STEP", "NEXT_STEP"):
+        raise ValueError(f"SlateVectorEnv supports autoreset_mode 'same_step' and 'next_step', not {mode.name.lower()!r}")
+    return mode

@@ -5,6 +5,9 @@
 * :func:`bootstrap_tau`: a percentile bootstrap interval for tau-b, resampling seeds (each replicate
   averages a resample of the per-seed metrics, then correlates the two orders).
 * :func:`sign_agreement`: the share of recommender pairs that both metrics order the same way.
+* :func:`resample_counts` and :func:`bootstrap_ratio`: a percentile bootstrap over units (users) resampled
+  with replacement within each stratum (seed), for a ratio of sums averaged over strata (CTR = clicks /
+  shown, mean rating = stars / rated items, ...); ``simrec compare --ci users``.
 """
 
 from __future__ import annotations
@@ -81,6 +84,56 @@ def bootstrap_tau(a: np.ndarray, b: np.ndarray, *, replicates: int = 2000, seed:
         return math.nan, math.nan
     lo, hi = np.percentile(taus, [2.5, 97.5])
     return float(lo), float(hi)
+
+
+def resample_counts(n: int, replicates: int, seed: int | Sequence[int]) -> np.ndarray:
+    """``(replicates, n)`` counts: how often each of ``n`` units is drawn in each bootstrap resample of
+    size ``n`` with replacement (seeded by ``seed``, an int or a sequence such as ``[seed, stratum]``)."""
+    if n < 1 or replicates < 1:
+        raise ValueError(f"resample_counts needs n >= 1 and replicates >= 1, got n={n}, replicates={replicates}")
+    rng = np.random.default_rng(seed)
+    return rng.multinomial(n, np.full(n, 1.0 / n), size=replicates).astype(np.float64)
+
+
+def bootstrap_ratio(num: Sequence[np.ndarray], den: Sequence[np.ndarray], *, replicates: int = 1000,
+                    seed: int = 0, counts: Sequence[np.ndarray] | None = None,
+                    level: float = 0.95) -> tuple[float, float, float]:
+    """``(estimate, low, high)`` of the mean over strata of ``sum(num[s]) / sum(den[s])``, with a 95% percentile
+    interval from resampling each stratum's units with replacement.
+
+    ``num[s]`` and ``den[s]`` hold one value per unit of stratum ``s`` (a user's clicks and shown items in
+    one seed's run). ``counts[s]`` (from :func:`resample_counts`) fixes the resamples, so that several
+    metrics or systems measured on the same units share them (a paired bootstrap); by default stratum
+    ``s`` draws ``replicates`` resamples seeded ``[seed, s]``. A stratum whose ``den`` sums to 0 is left
+    out of that replicate's mean, as :func:`mean_ci` drops NaN seeds; no stratum at all gives NaNs."""
+    if level != 0.95:
+        raise ValueError("only 95% intervals are supported")
+    if len(num) != len(den) or (counts is not None and len(counts) != len(num)):
+        raise ValueError("bootstrap_ratio needs one num, den (and counts) array per stratum")
+    point, reps = [], []
+    for s, (x, y) in enumerate(zip(num, den)):
+        x, y = np.asarray(x, dtype=np.float64), np.asarray(y, dtype=np.float64)
+        if x.shape != y.shape or x.ndim != 1:
+            raise ValueError(f"stratum {s}: num and den must be 1-d arrays of one length")
+        if x.size == 0:
+            continue
+        w = counts[s] if counts is not None else resample_counts(x.size, replicates, [seed, s])
+        if w.ndim != 2 or w.shape[1] != x.size:
+            raise ValueError(f"stratum {s}: counts must be (replicates, {x.size}), got {w.shape}")
+        with np.errstate(invalid="ignore", divide="ignore"):
+            point.append(x.sum() / y.sum() if y.sum() > 0 else math.nan)
+            reps.append(np.where(w @ y > 0, (w @ x) / (w @ y), np.nan))
+    if not point or not np.isfinite(point).any():
+        return math.nan, math.nan, math.nan
+    est = float(np.nanmean(point))
+    r = np.stack(reps)
+    ok = np.isfinite(r).any(axis=0)
+    if not ok.any():
+        return est, math.nan, math.nan
+    with np.errstate(invalid="ignore"):
+        means = np.nanmean(r[:, ok], axis=0)
+    lo, hi = np.percentile(means, [2.5, 97.5])
+    return est, float(lo), float(hi)
 
 
 def ci_summary(values: Sequence[float]) -> dict[str, Any]:

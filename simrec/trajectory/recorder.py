@@ -15,11 +15,13 @@ from typing import Any
 import gymnasium
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from gymnasium.vector import VectorWrapper
 
 from simrec.cognition.base import SOURCE_NAMES
-from simrec.trajectory.reader import Trajectories, _assemble, committed_parts, read_trajectories
+from simrec.resume import ResumeError, check_same, without_transport
+from simrec.trajectory.reader import Trajectories, _assemble, committed_parts, read_manifest, read_trajectories
 from simrec.trajectory.schema import (
     _PARQUET,
     CALL_FIELDS,
@@ -53,10 +55,12 @@ class TrajectoryWriter:
         overwrite: replace an existing log in ``path`` (otherwise refuse to touch it).
         fsync: fsync each part before renaming it (survives power loss, not only a killed process).
         retries: extra attempts of a failed write before raising.
+        resume: continue the log already in ``path`` (see :meth:`_resume`): keep its complete
+            episodes (:attr:`resumed_from` of them) and append after them. Without a log there, start one.
     """
 
     def __init__(self, path: str | Path | None, manifest: dict[str, Any], *, flush_every: int = 1,
-                 overwrite: bool = False, fsync: bool = False, retries: int = 2) -> None:
+                 overwrite: bool = False, fsync: bool = False, retries: int = 2, resume: bool = False) -> None:
         if flush_every < 1:
             raise ValueError("flush_every must be >= 1")
         self.path = Path(path) if path is not None else None
@@ -75,9 +79,25 @@ class TrajectoryWriter:
         self._part = 0
         self._memory: dict[str, list[pa.Table]] = {t: [] for t in TABLES}
         self.closed = False
+        #: complete episodes kept from the log this writer resumed (0 for a new log)
+        self.resumed_from = 0
+        self.resumed = False
+        self._was_closed = False  # the resumed log had been closed
+        self._reopened = False  # the resumed log's manifest has been rewritten as open
+        self._lock: int | None = None
         if self.path is not None:
-            self._prepare_dir(overwrite)
-            self.write_manifest()
+            if resume:  # a resumable log has one writer at a time: two would number their parts alike
+                self.path.mkdir(parents=True, exist_ok=True)
+                self._lock = _lock_dir(self.path)
+            try:
+                if resume and (self.path / MANIFEST).is_file():
+                    self._resume()
+                else:
+                    self._prepare_dir(overwrite or (resume and not _has_parts(self.path)))
+                    self.write_manifest()
+            except BaseException:
+                self.release()
+                raise
 
     def _prepare_dir(self, overwrite: bool) -> None:
         p = self.path
@@ -93,6 +113,108 @@ class TrajectoryWriter:
                 (shutil.rmtree if (p / n).is_dir() else os.remove)(p / n)
         for t in TABLES:
             (p / t).mkdir(parents=True, exist_ok=True)
+
+    # -- resuming ----------------------------------------------------------------------------------
+    def _resume(self) -> None:
+        """Reopen the log in ``path`` to append to it.
+
+        Refuses (:class:`~simrec.resume.ResumeError`) when it was made with another spec, recommender or
+        metadata (``metadata["arguments"]`` first, so the message names the command-line argument).
+        Keeps the leading complete episodes (a run interrupted by Ctrl-C ends with an incomplete one,
+        which is cut off), removes what no reader uses (temporary files, parts of an interrupted flush
+        or merge, parts a merge covers) and numbers new parts after the kept ones. Nothing is written
+        when the log is complete as it is: the manifest is rewritten as open only before the first new
+        part, so resuming a finished run that has nothing left to do leaves it untouched.
+        """
+        p = self.path
+        assert p is not None
+        old = read_manifest(p)
+        _check_resumable(old, self.manifest, p)
+        if old.get("vector"):
+            raise ResumeError(f"{p}: vector-env logs cannot be resumed. Fix: record with Recorder around a SlateEnv.")
+        names = committed_parts(p)
+        keep = set(names)
+        for tmp in p.glob(f".{MANIFEST}.*.tmp"):
+            tmp.unlink(missing_ok=True)
+        for t in TABLES:  # everything else is garbage of a killed writer; a later part may reuse its name
+            (p / t).mkdir(parents=True, exist_ok=True)
+            for f in (p / t).iterdir():
+                if f.name.endswith(".tmp") or (f.name.startswith("part-") and f.name not in keep):
+                    f.unlink(missing_ok=True)
+        eps = _read_columns(p, names, "episodes", ["episode", "complete"])
+        e = np.asarray(eps["episode"], np.int64)
+        order = np.argsort(e, kind="stable")
+        e, complete = e[order], np.asarray(eps["complete"], bool)[order]
+        if not np.array_equal(e, np.arange(e.size)):
+            raise ResumeError(f"{p}: episodes are not numbered 0..{e.size - 1} (damaged or edited log); cannot "
+                              "resume. Fix: start again with --overwrite (overwrite=True).")
+        k = int(np.argmin(complete)) if not complete.all() else int(e.size)
+        names = self._truncate(names, k)
+        self.resumed, self.resumed_from = True, k
+        steps = _read_columns(p, names, "steps", ["episode"])
+        calls = _read_columns(p, names, "calls", ["episode"])
+        if names:
+            first = next((p / "steps" / n for n in names if (p / "steps" / n).is_file()), None)
+            if first is not None:  # merging later must keep the kept parts' latent columns
+                self._latent = [f for f in pq.read_schema(first) if f.name.startswith("latent_")] or None
+            self._part = max(_part_range(n)[1] for n in names) + 1  # type: ignore[index]
+        run_id = uuid.uuid4().hex
+        self._was_closed = old.get("closed") is not None
+        fresh = self.manifest
+        self.manifest = dict(old)
+        self.manifest.update(episodes=k, steps=len(steps["episode"]), calls=len(calls["episode"]),
+                             flush_every=self.flush_every)
+        self.manifest["resumes"] = list(old.get("resumes") or []) + [
+            {"at_episode": k, "run_id": run_id, "time": _now().isoformat(), "versions": fresh["versions"]}]
+        if k < e.size:  # the log changed: say so in the manifest now
+            self._reopen()
+
+    def _truncate(self, names: list[str], k: int) -> list[str]:
+        """Drop the rows of episodes ``>= k`` from the committed parts; the names of the parts left.
+
+        A part losing all its rows is deleted (episodes file first: that uncommits it); one losing some
+        is rewritten under its own name (episodes file last). Either way a kill in between leaves a log
+        that the next resume truncates the same way.
+        """
+        p = self.path
+        assert p is not None
+        left = []
+        for name in names:
+            tables, changed = {}, False
+            for t in TABLES:
+                f = p / t / name
+                if not f.is_file():
+                    continue
+                tb = pq.read_table(f)
+                col = tb.column("episode")
+                keep = pc.fill_null(pc.less(col, k), True)  # calls without an episode stay with their part
+                if not pc.all(keep).as_py():
+                    tb, changed = tb.filter(keep), True
+                tables[t] = tb
+            if not changed:
+                left.append(name)
+            elif all(tb.num_rows == 0 for tb in tables.values()):
+                for t in ("episodes", "steps", "calls"):
+                    (p / t / name).unlink(missing_ok=True)
+            else:
+                for t in ("steps", "calls", "episodes"):
+                    if t in tables:
+                        self._write_atomic(lambda fh, tb=tables[t]: pq.write_table(tb, fh, **_PARQUET), p / t / name)
+                left.append(name)
+        return left
+
+    def release(self) -> None:
+        """Let another writer resume this log (done by :meth:`close`)."""
+        if self._lock is not None:
+            os.close(self._lock)
+            self._lock = None
+
+    def _reopen(self) -> None:
+        """Mark a resumed log as open (``closed`` null) before it changes."""
+        if self.resumed and not self._reopened:
+            self.manifest["closed"] = None
+            self.write_manifest()
+            self._reopened = True
 
     # -- buffering ---------------------------------------------------------------------------------
     @property
@@ -141,6 +263,7 @@ class TrajectoryWriter:
             for k, tb in tables.items():
                 self._memory[k].append(tb)
         else:
+            self._reopen()
             name = _part_name(self._part)
             # episodes last: its part commits the flush (the reader skips parts without it)
             for k in ("steps", "calls", "episodes"):
@@ -230,18 +353,69 @@ class TrajectoryWriter:
         if self.closed:
             return
         self.flush()
+        if self.resumed and self._was_closed and not self._reopened:
+            self.closed = True  # a finished log with nothing new: leave it exactly as it was
+            self.release()
+            return
         if compact:
             self.compact()
         self.manifest.update(manifest_updates)
         self.manifest["closed"] = _now().isoformat()
         self.write_manifest()
         self.closed = True
+        self.release()
 
     def trajectories(self) -> Trajectories:
         """The log so far (flushed parts only) as DataFrames."""
         if self.path is not None:
             return read_trajectories(self.path)
         return _assemble({k: v for k, v in self._memory.items()}, dict(self.manifest), None)
+
+
+def _lock_dir(path: Path) -> int | None:
+    """An exclusive advisory lock on the directory ``path`` (released by closing the returned descriptor,
+    or when the process dies, ``kill -9`` included); None where the OS has no ``flock``."""
+    try:
+        import fcntl
+    except ImportError:  # Windows: no flock; keeping to one resuming process is then up to the user
+        return None
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        os.close(fd)
+        raise ResumeError(f"{path}: another process is writing this log. Fix: wait for it to finish (or stop it), "
+                          "then resume.") from None
+    return fd
+
+
+def _has_parts(path: Path) -> bool:
+    return any(any((path / t).glob("part-*.parquet")) for t in TABLES if (path / t).is_dir())
+
+
+def _read_columns(path: Path, names: list[str], table: str, columns: list[str]) -> dict[str, list]:
+    """``columns`` of ``table`` over the parts ``names`` (missing files skipped), as Python lists."""
+    tbs = [pq.read_table(f, columns=columns) for f in (path / table / n for n in names) if f.is_file()]
+    if not tbs:
+        return {c: [] for c in columns}
+    tb = pa.concat_tables(tbs, promote_options="default")
+    return {c: tb.column(c).to_pylist() for c in columns}
+
+
+def _resume_key(m: dict[str, Any]) -> dict[str, Any]:
+    """What must match between a log and the run resuming it (besides ``metadata["arguments"]``)."""
+    spec = dict(m.get("spec") or {})
+    spec["backend_config"] = without_transport(spec.get("backend_config"))
+    meta = {k: v for k, v in (m.get("metadata") or {}).items() if k != "arguments"}
+    return {"spec": spec, "recommender": m.get("recommender"), "backend": m.get("backend"), "metadata": meta}
+
+
+def _check_resumable(old: dict[str, Any], new: dict[str, Any], where: Path) -> None:
+    oa, na = (old.get("metadata") or {}).get("arguments"), (new.get("metadata") or {}).get("arguments")
+    restart = "start again with --overwrite (overwrite=True)"
+    if oa is not None and na is not None:  # first, so that the message names a command-line argument
+        check_same(oa, na, where, restart=restart)
+    check_same(_resume_key(old), _resume_key(new), where, restart=restart)
 
 
 def _drain(backend: Any) -> list[dict]:
@@ -288,12 +462,22 @@ class Recorder(gymnasium.Wrapper):
         recommender, metadata: recorded in the manifest.
         fsync: fsync each part before its rename (also survive power loss; slower).
         compact: merge the parts into one per table on ``close()``.
+        resume: continue the log in ``path`` (a new one if there is none): the first
+            :attr:`resumed_from` episodes are already logged, and are *replayed* rather than recorded.
+
+    Resuming: drive the env and the recommender exactly as the interrupted run did, from its first
+    ``reset(seed=...)``. While the episodes already in the log are replayed, nothing is written;
+    every step is checked against the log (candidates, slate, clicks, reward, episode end), so the env
+    (population, RNG, LLM notes) and the recommender (learned model, RNG) reach the state they had
+    after those episodes, and a run that does not reproduce raises
+    :class:`~simrec.resume.ResumeError` instead of silently continuing differently. Recording
+    resumes with episode ``resumed_from``. With an LLM backend, replayed calls come from its cache.
     """
 
     def __init__(self, env: gymnasium.Env, path: str | Path | None, *, flush_every: int = 1,
                  overwrite: bool = False, log_latent: bool = True, log_candidates: bool = True,
                  recommender: str | None = None, metadata: dict[str, Any] | None = None,
-                 fsync: bool = False, compact: bool = True) -> None:
+                 fsync: bool = False, compact: bool = True, resume: bool = False) -> None:
         super().__init__(env)
         base = _unwrapped_sim(env)
         self._base = base
@@ -301,7 +485,8 @@ class Recorder(gymnasium.Wrapper):
         self.log_latent = log_latent
         self.log_candidates = log_candidates
         self.writer = TrajectoryWriter(path, _manifest_base(base, recommender, metadata), flush_every=flush_every,
-                                       overwrite=overwrite, fsync=fsync)
+                                       overwrite=overwrite, fsync=fsync, resume=resume)
+        self._replay = _LoggedRun(self.writer) if self.writer.resumed_from else None
         self._episode = -1
         self._rows: list[dict] = []
         self._calls: list[dict] = []
@@ -317,12 +502,28 @@ class Recorder(gymnasium.Wrapper):
     def backend(self) -> Any:
         return self._base.sim.backend
 
+    @property
+    def resumed_from(self) -> int:
+        """Episodes already in the resumed log (replayed, not recorded); 0 for a new log."""
+        return self.writer.resumed_from
+
+    @property
+    def replaying(self) -> bool:
+        """True while the episode in progress is one of the resumed log's (see the class docstring)."""
+        return self._replay is not None and 0 <= self._episode < self.resumed_from
+
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None):
+        if self._replay is not None and self._episode + 1 <= self.resumed_from:
+            if self._episode >= 0:
+                self._replay.check_end(self._episode)
+            if self._episode + 1 < self.resumed_from:
+                return self._replay_reset(seed, options)
         # An unfinished session is committed as incomplete, even with no steps: its reset drew
         # random numbers, so replay must repeat it.
         if self._ep is not None and not self._ep["done"]:
             self._commit(complete=False)
-        prev, prev_t = self._episode, (self._ep or {}).get("last_t", 0)
+        prev = self._episode
+        prev_t = self._ep["last_t"] if self._ep is not None else (self._replay.t if self._replay is not None else 0)
         obs, info = self.env.reset(seed=seed, options=options)
         # calls made while resetting (e.g. reflection at the end of the previous session) belong to it
         pending = _drain(self.backend)
@@ -348,7 +549,29 @@ class Recorder(gymnasium.Wrapper):
         self._cands = np.asarray(info["candidate_items"], dtype=np.int64)
         return obs, info
 
+    def _replay_reset(self, seed: int | None, options: dict[str, Any] | None):
+        obs, info = self.env.reset(seed=seed, options=options)
+        _drain(self.backend)  # calls of a replayed episode are in the log already
+        self._episode += 1
+        assert self._replay is not None
+        user = str(info.get("user_id", self._base.sim.pop.user_id(self._base.user_index)))
+        self._replay.check_reset(self._episode, user, seed)
+        self._cands = np.asarray(info["candidate_items"], dtype=np.int64)
+        return obs, info
+
+    def _replay_step(self, action: Any):
+        obs, reward, terminated, truncated, info = self.env.step(action)
+        _drain(self.backend)
+        assert self._replay is not None
+        self._replay.check_step(self._episode, self._cands, np.asarray(info["slate_items"], np.int64).reshape(-1),
+                                np.asarray(info["clicked"], bool).reshape(-1), float(reward), bool(terminated),
+                                bool(truncated))
+        self._cands = np.asarray(info["candidate_items"], dtype=np.int64)
+        return obs, reward, terminated, truncated, info
+
     def step(self, action: Any):
+        if self.replaying:
+            return self._replay_step(action)
         if self._ep is None:
             raise RuntimeError("call reset() before step()")
         obs, reward, terminated, truncated, info = self.env.step(action)
@@ -391,18 +614,102 @@ class Recorder(gymnasium.Wrapper):
     def close(self) -> None:
         if self._closed:
             return
-        if self._ep is not None and self._rows and not self._ep["done"]:
-            self._commit(complete=False)
-        late = _drain(self.backend)
-        if late and self._ep is not None:
-            self.writer.add_calls(dict(c, episode=self._episode, t=self._ep["last_t"]) for c in late)
-        self.writer.close(compact=self.compact, backend_stats=_stats(self.backend))
+        if self._replay is not None and self._replay.diverged:
+            # the run did not reproduce the log: leave the log as the interrupted run left it
+            self.writer.closed = True
+            self.writer.release()
+        else:
+            if self._ep is not None and self._rows and not self._ep["done"]:
+                self._commit(complete=False)
+            late = _drain(self.backend)
+            if late and self._ep is not None:
+                self.writer.add_calls(dict(c, episode=self._episode, t=self._ep["last_t"]) for c in late)
+            self.writer.close(compact=self.compact, backend_stats=_stats(self.backend))
         self._closed = True
         self.env.close()
 
     def trajectories(self) -> Trajectories:
         """What has been written so far (everything, after ``close()``)."""
         return self.writer.trajectories()
+
+
+class _LoggedRun:
+    """The episodes of a resumed log, to check their replay against (see :class:`Recorder`)."""
+
+    def __init__(self, writer: TrajectoryWriter) -> None:
+        p = writer.path
+        assert p is not None
+        self.path = p
+        names = committed_parts(p)
+        eps = _read_columns(p, names, "episodes", ["episode", "user", "reset_seed", "steps"])
+        order = np.argsort(eps["episode"], kind="stable")
+        self.user = [eps["user"][i] for i in order]
+        self.reset_seed = [eps["reset_seed"][i] for i in order]
+        self.n_steps = np.asarray(eps["steps"], np.int64)[order]
+        cols = ["episode", "t", "slate", "clicked", "reward", "terminated", "truncated", "candidates"]
+        tbs = [pq.read_table(f, columns=cols) for f in (p / "steps" / n for n in names) if f.is_file()]
+        tb = (pa.concat_tables(tbs, promote_options="default") if tbs else pa.schema(
+            [f for f in STEP_FIELDS if f.name in cols]).empty_table())
+        tb = tb.sort_by([("episode", "ascending"), ("t", "ascending")])
+        self.episode = tb.column("episode").to_numpy()
+        self.start = np.searchsorted(self.episode, np.arange(len(self.user) + 1))
+        self.slate = _rows(tb.column("slate"))
+        self.clicked = _rows(tb.column("clicked"))
+        self.candidates = _rows(tb.column("candidates"))
+        self.reward = tb.column("reward").to_numpy(zero_copy_only=False)
+        self.terminated = tb.column("terminated").to_pylist()
+        self.truncated = tb.column("truncated").to_pylist()
+        self.t = 0  # steps replayed in the current episode
+        self.diverged = False
+
+    def _fail(self, episode: int, what: str, logged: Any, now: Any) -> None:
+        self.diverged = True
+        raise ResumeError(
+            f"cannot resume {self.path}: replaying its {len(self.user)} logged episodes (to rebuild the env and "
+            f"recommender state) gave a different {what} in episode {episode}, step {self.t} "
+            f"(log: {logged}, now: {now}). "
+            "The run does not reproduce: other arguments or code versions, an LLM backend without its cache, "
+            "or a recommender with unseeded randomness. Fix: start again with --overwrite (overwrite=True)."
+        )
+
+    def check_reset(self, episode: int, user: str, seed: int | None) -> None:
+        self.t = 0
+        if user != self.user[episode]:
+            self._fail(episode, "user", self.user[episode], user)
+        if seed != self.reset_seed[episode]:
+            self._fail(episode, "reset seed", self.reset_seed[episode], seed)
+
+    def check_step(self, episode: int, cands: np.ndarray, slate: np.ndarray, clicked: np.ndarray, reward: float,
+                   terminated: bool, truncated: bool) -> None:
+        i = int(self.start[episode]) + self.t
+        self.t += 1
+        if i >= self.start[episode + 1]:
+            self._fail(episode, "session length", int(self.n_steps[episode]), f"more than {self.t - 1} steps")
+        if self.candidates[i] is not None and not np.array_equal(cands, self.candidates[i]):
+            self._fail(episode, "candidate set", self.candidates[i], cands.tolist())
+        if not np.array_equal(slate, self.slate[i]):
+            self._fail(episode, "slate", self.slate[i], slate.tolist())
+        if not np.array_equal(clicked, self.clicked[i]):
+            self._fail(episode, "clicks", self.clicked[i], clicked.tolist())
+        if reward != self.reward[i] or terminated != self.terminated[i] or truncated != self.truncated[i]:
+            self._fail(episode, "reward or episode end", (self.reward[i], self.terminated[i], self.truncated[i]),
+                       (reward, terminated, truncated))
+
+    def check_end(self, episode: int) -> None:
+        """The replayed ``episode`` had as many steps as the logged one."""
+        if self.t != self.n_steps[episode]:
+            self._fail(episode, "session length", int(self.n_steps[episode]), self.t)
+
+
+def _rows(col: pa.ChunkedArray) -> Any:
+    """A list column as a 2-d array when every row has the same length (compact for long logs), else a
+    list of lists; None per row where the column is null (e.g. candidates not logged)."""
+    arr = col.combine_chunks()
+    if len(arr) and arr.null_count == 0:
+        lengths = pc.list_value_length(arr).to_numpy()
+        if (lengths == lengths[0]).all():
+            return arr.flatten().to_numpy(zero_copy_only=False).reshape(len(arr), int(lengths[0]))
+    return arr.to_pylist()
 
 
 def _positions(cands: np.ndarray, slate: np.ndarray, action: Any) -> np.ndarray:

@@ -210,9 +210,18 @@ class Dynamics:
 
     def __init__(self, config: DynamicsConfig | dict | None = None) -> None:
         self.config = config if isinstance(config, DynamicsConfig) else DynamicsConfig(**(config or {}))
-        d = self.config.drift
+        c = self.config
+        d = c.drift
         self._ou_decay1 = math.exp(-d.theta)
         self._ou_sd1 = d.sigma * (math.sqrt((1 - self._ou_decay1**2) / (2 * d.theta)) if d.theta > 0 else 1.0)
+        # step_one's constant factors as 0-d float32 arrays: the float32 values numpy would cast the Python
+        # floats to, without paying for that cast on every call
+        f32 = np.float32
+        self._c_decay1 = np.array(self._ou_decay1, f32)
+        self._c_keep = np.array(1.0 - c.boredom.decay, f32)
+        self._c_growth = np.array(c.boredom.growth, f32)
+        self._c_exposure = np.array(c.boredom.exposure, f32)
+        self._c_noise: dict[int, np.ndarray] = {}  # taste dim -> OU noise scale
 
     def step(self, state: UserState, users: np.ndarray | slice, *, chosen_features: np.ndarray,
              consumption: np.ndarray, consumed_topics: np.ndarray, shown_topics: np.ndarray,
@@ -245,29 +254,41 @@ class Dynamics:
         """:meth:`step` for one user (the single env's fast path): same processes, same random draws."""
         c = self.config
         d = c.drift
-        state.clock[u] += 1.0
-        state.steps_total[u] += 1
+        clock, steps = state.clock, state.steps_total
+        clock[u] = clock.item(u) + 1.0
+        steps[u] = steps.item(u) + 1
         taste, anchor = state.taste[u], state.anchor[u]  # views: updated in place
-        if d.theta or d.sigma:  # OU step, as _ou_mean_and_noise with dt = 1 (same draws)
+        if d.theta or d.sigma:  # OU step, as _ou_mean_and_noise with dt = 1 (same draws, same float32 rounding)
             noise = rng.standard_normal(taste.size, dtype=np.float32)
-            noise *= self._ou_sd1 / math.sqrt(taste.size)
-            t = anchor + (taste - anchor) * self._ou_decay1 + noise
+            scale = self._c_noise.get(taste.size)
+            if scale is None:
+                scale = self._c_noise[taste.size] = np.array(self._ou_sd1 / math.sqrt(taste.size), np.float32)
+            noise *= scale
+            t = taste - anchor
+            t *= self._c_decay1
+            t += anchor
+            t += noise
         else:
             t = taste.copy()
         if chosen_features is not None and consumption > 0:
-            t += (d.assimilation * consumption) * (chosen_features - t)
+            pull = chosen_features - t
+            pull *= d.assimilation * consumption
+            t += pull
             if d.anchor_assimilation > 0:
-                an = anchor + (d.anchor_assimilation * consumption) * (chosen_features - anchor)
-                anchor[:] = an / max(math.sqrt(float(an @ an)), 1e-8)
-        taste[:] = t / max(math.sqrt(float(t @ t)), 1e-8)
+                an = chosen_features - anchor
+                an *= d.anchor_assimilation * consumption
+                an += anchor
+                np.divide(an, max(math.sqrt(float(an @ an)), 1e-8), out=anchor)
+        np.divide(t, max(math.sqrt(float(t @ t)), 1e-8), out=taste)
         shifted = bool(concept_shift(state, slice(u, u + 1), d, rng, directions)[0]) if (d.shift_rate > 0 or d.shift_schedule) else False
         b = state.boredom[u]
-        b *= 1.0 - c.boredom.decay
+        b *= self._c_keep
         if consumed_topics is not None:
-            b += c.boredom.growth * consumed_topics
-        b += c.boredom.exposure * shown_topics
-        state.fatigue[u] = next_fatigue(float(state.fatigue[u]), best_utility, float(experience > 0), c.fatigue)
-        state.satisfaction[u] = next_satisfaction(float(state.satisfaction[u]), experience, c.satisfaction)
+            b += consumed_topics * self._c_growth
+        b += shown_topics * self._c_exposure
+        fatigue, satisfaction = state.fatigue, state.satisfaction
+        fatigue[u] = next_fatigue(fatigue.item(u), best_utility, float(experience > 0), c.fatigue)
+        satisfaction[u] = next_satisfaction(satisfaction.item(u), experience, c.satisfaction)
         return shifted
 
     def between_sessions(self, state: UserState, users: np.ndarray | slice, activity: np.ndarray,

@@ -60,6 +60,7 @@ class MemoryBank:
         self._topics = np.zeros((n_users, len(self._TOPICS), n_topics), dtype=np.float32)
         self.n_chosen = np.zeros(n_users, dtype=np.int64)
         self.n_skipped = np.zeros(n_users, dtype=np.int64)
+        self._decay32 = np.array(summary_decay, np.float32)  # write_one's factor, cast once
         self._bind_views()
 
     _REC = ("rating", "consumption", "feeling", "importance", "t")
@@ -77,6 +78,7 @@ class MemoryBank:
 
     def __setstate__(self, state: dict) -> None:
         self.__dict__.update(state)
+        self.__dict__.setdefault("_decay32", np.array(self.summary_decay, np.float32))  # pickles from before it
         self._bind_views()
 
     def __len__(self) -> int:
@@ -124,24 +126,27 @@ class MemoryBank:
     def write_one(self, u: int, shown: np.ndarray, chosen: int, rating: float, consumption: float, feeling: float,
                   now: float, topic_weights: np.ndarray | None) -> None:
         """:meth:`write` for one user with scalar values (the single env's fast path)."""
-        slot = int(self.count[u]) % self.capacity
+        n = self.count.item(u)
+        slot = n % self.capacity
         self.shown[u, slot] = shown
         self.chosen[u, slot] = chosen
         rated = rating == rating  # not NaN
         importance = min(0.5 * abs(feeling) + 0.5 * (abs(rating - 3.0) / 2.0 if rated else 0.0), 1.0)
         self._rec[u, slot] = (rating, consumption, feeling, importance, now)
-        self.count[u] += 1
-        tc = self.topic_consumed[u]
-        tc *= self.summary_decay
+        self.count[u] = n + 1
+        ts = self._topics[u]  # rows: topic_consumed, topic_rating_sum, topic_rating_n (views)
         if chosen >= 0:
-            self.n_chosen[u] += 1
+            self.n_chosen[u] = self.n_chosen.item(u) + 1
+            if topic_weights is not None and rated:  # all three rows in one product (same float32 rounding)
+                ts[0] *= self._decay32
+                ts += np.array((consumption, rating, 1.0), np.float32)[:, None] * topic_weights
+                return
+            ts[0] *= self._decay32
             if topic_weights is not None:
-                tc += topic_weights * consumption
-                if rated:
-                    self.topic_rating_sum[u] += topic_weights * rating
-                    self.topic_rating_n[u] += topic_weights
+                ts[0] += topic_weights * consumption
         else:
-            self.n_skipped[u] += 1
+            ts[0] *= self._decay32
+            self.n_skipped[u] = self.n_skipped.item(u) + 1
 
     # -- reads ----------------------------------------------------------------------------------
     def recent_slots(self, users: np.ndarray, window: int) -> tuple[np.ndarray, np.ndarray]:

@@ -98,11 +98,11 @@ class UserState:
         return {
             "taste": self.taste[u].tolist(),
             "boredom": self.boredom[u].tolist(),
-            "fatigue": float(self.fatigue[u]),
-            "satisfaction": float(self.satisfaction[u]),
-            "clock": float(self.clock[u]),
-            "steps_total": int(self.steps_total[u]),
-            "sessions": int(self.sessions[u]),
+            "fatigue": float(self.fatigue.item(u)),  # .item: a Python scalar without a numpy scalar first
+            "satisfaction": float(self.satisfaction.item(u)),
+            "clock": float(self.clock.item(u)),
+            "steps_total": int(self.steps_total.item(u)),
+            "sessions": int(self.sessions.item(u)),
         }
 
     def copy(self) -> "UserState":

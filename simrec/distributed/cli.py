@@ -1,0 +1,109 @@
+"""``--ray`` for ``simrec compare`` and ``simrec stress run``: the same command, its units on Ray workers.
+
+    simrec compare --recommenders random,popular,ease --seeds 4 --out runs/cmp --ray --workers 2
+    simrec stress run filter_bubble --seeds 6 --ray --ray-address auto
+
+``simrec.cli`` adds these flags to the two commands (:func:`add_arguments`) and hands a parsed command with
+any of them to :func:`run_cli`, which prints what the command prints. ``simrec compare --out DIR --ray``
+writes one merged, verified trajectory log to ``DIR`` (see :mod:`simrec.distributed.merge`) instead of one
+log per run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from simrec.errors import ConfigError
+
+COMMANDS = ("compare", "stress")
+
+
+def add_arguments(p: argparse.ArgumentParser, command: str) -> None:
+    """Add ``--ray``, ``--workers`` and ``--ray-address`` to ``command``'s parser (``stress``: to ``stress run``)."""
+    target = _subparser(p, "run") if command == "stress" else p
+    g = target.add_argument_group("distributed (Ray; see simrec.distributed)")
+    g.add_argument("--ray", action="store_true", help="run the units (recommender x seed; stress: seeds) as Ray tasks")
+    g.add_argument("--workers", type=int, default=None, metavar="N",
+                   help="units in flight at once (implies --ray; default: every CPU of the Ray cluster)")
+    g.add_argument("--ray-address", default=None, metavar="ADDR",
+                   help="join this Ray cluster, e.g. auto or ray://HEAD:10001 (implies --ray; default: start one here)")
+
+
+def _subparser(p: argparse.ArgumentParser, name: str) -> argparse.ArgumentParser:
+    for action in p._actions:  # argparse keeps sub-commands in a _SubParsersAction; there is no public accessor
+        if isinstance(action, argparse._SubParsersAction) and name in action.choices:
+            return action.choices[name]
+    raise LookupError(f"no sub-command {name!r}")
+
+
+def requested(args: argparse.Namespace) -> bool:
+    """Whether the parsed command asked for a distributed run."""
+    return bool(getattr(args, "ray", False) or getattr(args, "workers", None) or getattr(args, "ray_address", None))
+
+
+def run_cli(args: argparse.Namespace) -> int:
+    """Run the parsed ``simrec compare`` / ``simrec stress run`` command on Ray."""
+    if getattr(args, "resume", False):
+        raise ConfigError("--resume does not combine with --ray yet. Fix: drop --resume (Ray already re-runs a unit "
+                          "whose worker died) or drop --ray.")
+    if args.workers is not None and args.workers < 1:
+        raise ConfigError(f"--workers must be >= 1, got {args.workers}")
+    if args.command == "compare":
+        return _compare(args)
+    if args.command == "stress":
+        return _stress(args)
+    raise ConfigError(f"`simrec {args.command}` has no distributed mode; --ray works with {', '.join(COMMANDS)}")
+
+
+def _executor(args: argparse.Namespace) -> dict[str, Any]:
+    return {"executor": "ray", "workers": args.workers, "ray_address": args.ray_address}
+
+
+def _compare(args: argparse.Namespace) -> int:
+    from simrec.distributed.grid import run_grid
+    from simrec.evaluation import compare as cmp
+    from simrec.llm.endpoint import llm_endpoint
+
+    if args.list:
+        return cmp.run_cli(args)
+    names, overrides = cmp.cli_recommenders_and_overrides(args)
+    with llm_endpoint("llm" if "llm" in names else None, args.base_url, args.model) as llm_config:
+        # like `simrec compare --out`, a rerun replaces the log it wrote before
+        result = run_grid(args.env, names, seeds=list(range(args.seeds)), episodes=args.episodes, overrides=overrides,
+                          fit_episodes=args.fit_episodes, fit_policy=args.fit_policy, out=args.out,
+                          policy=args.policy, llm_config=llm_config, overwrite=True, progress=not args.no_progress,
+                          **_executor(args))
+    print(result.markdown())
+    t, d = result.info["timing"], result.info["distributed"]
+    print(f"\n{args.env}: {len(names)} recommenders x {args.seeds} seeds x {args.episodes} sessions, "
+          f"mean ± 95% CI half-width over seeds; {t['total_s']:.0f}s on {d['workers']} Ray workers"
+          + (f"; merged log in {d['log']}" if d["log"] else ""), file=sys.stderr)
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps(result.to_dict(), indent=1, default=float) + "\n", encoding="utf-8")
+    return 0
+
+
+def _stress(args: argparse.Namespace) -> int:
+    from simrec.distributed.grid import run_stress
+    from simrec.stress.runner import cli_configs, write_suite
+
+    summary: dict[str, Any] = {}
+    t0 = time.perf_counter()
+    # one endpoint for every worker (the bundled model listens on 127.0.0.1: single-machine clusters only)
+    with cli_configs(args) as configs:
+        for name, cfg in configs:
+            t = time.perf_counter()
+            res = run_stress(name, cfg, **_executor(args))
+            print(f"\n## {name}: {res.question}\n\n{res.markdown()}\n")
+            summary[name] = {"seconds": round(time.perf_counter() - t, 1), "out": str(cfg.out),
+                             "workers": res.info["distributed"]["workers"]}
+            print(f"({summary[name]['seconds']:.0f}s on {summary[name]['workers']} Ray workers; JSON and plots in "
+                  f"{cfg.out})", file=sys.stderr)
+    write_suite(args, summary, t0)
+    return 0
