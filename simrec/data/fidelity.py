@@ -207,13 +207,13 @@ class EvalSet:
     negatives: dict[int, tuple[np.ndarray, np.ndarray]]  # ratio -> (user, item)
     observed: PairSet  # (population user, item) pairs in the user's train or test rows
     train_seen: PairSet  # (population user, item) pairs in train rows
-    n_items: int = 0
 
     def train_matrix(self) -> np.ndarray:
         """``(E, n_items)`` bool: train items of each evaluated user, rows in ``users`` order."""
-        m = np.zeros((self.users.size, self.n_items), dtype=bool)
+        ni = self.train_seen.n_items
+        m = np.zeros((self.users.size, ni), dtype=bool)
         keys = self.train_seen.keys
-        u, i = keys // self.n_items, keys % self.n_items
+        u, i = keys // ni, keys % ni
         row = np.searchsorted(self.users, u)
         ok = (row < self.users.size) & (self.users[np.minimum(row, self.users.size - 1)] == u)
         m[row[ok], i[ok]] = True
@@ -300,7 +300,7 @@ def build_eval_set(world: CalibratedWorld, cfg: FidelityConfig, rng: np.random.G
         tu, ti, tr = tu[m], ti[m], tr[m]
     n_pos = np.bincount(tu, minlength=n_pop)
     negatives = {int(ratio): _distinct_unseen(users, ratio * n_pos[users], observed, rng) for ratio in cfg.ratios}
-    return EvalSet(users, tu, ti, tr.astype(np.float32), negatives, observed, train_seen, ni)
+    return EvalSet(users, tu, ti, tr.astype(np.float32), negatives, observed, train_seen)
 
 
 # -- judging ---------------------------------------------------------------------------------------

@@ -170,16 +170,19 @@ class SlateVectorEnv(VectorEnv):
             info["final_info"], info["_final_info"] = final_info, done.copy()
             ended = self._users[idx]
             self.sim.backend.end_session(self.sim.pop, ended)
-            busy = self._users[~done]
-            # prefer users who were not just in a session; fall back to them if the population is small
-            excl = np.concatenate([busy, ended]) if self.sim.pop.n_users - busy.size - ended.size >= idx.size else busy
-            new = self.sim.pick_users(self.np_random, idx.size, exclude=excl)
-            self._users[idx] = new
-            self.sim.start_sessions(new, self.np_random)
-            self._t[idx] = 0
-            self._clicks[idx] = 0
+            self._refill(idx, self._users[~done], ended)
         obs = self.sim.observe(self._users, self._cands, self._t, self._clicks)
         return obs, res.reward, terminated, truncated, info
+
+    def _refill(self, idx: np.ndarray, busy: np.ndarray, ended: np.ndarray) -> None:
+        """Start new sessions in slots ``idx``: users not ``busy`` in other slots and, if the population
+        allows, not the ``ended`` ones that just left them."""
+        excl = np.concatenate([busy, ended]) if self.sim.pop.n_users - busy.size - ended.size >= idx.size else busy
+        new = self.sim.pick_users(self.np_random, idx.size, exclude=excl)
+        self._users[idx] = new
+        self.sim.start_sessions(new, self.np_random)
+        self._t[idx] = 0
+        self._clicks[idx] = 0
 
     def _step_with_resets(self, a: np.ndarray):
         """A ``NEXT_STEP`` step where some slots start a new session instead of stepping."""
@@ -188,15 +191,7 @@ class SlateVectorEnv(VectorEnv):
         live = ~fresh
         rows = np.flatnonzero(live)
         idx = np.flatnonzero(fresh)
-        busy = self._users[rows]
-        ended = self._users[idx]
-        # the same preference as SAME_STEP: users who were not just in a session, if the population allows
-        excl = np.concatenate([busy, ended]) if self.sim.pop.n_users - busy.size - ended.size >= idx.size else busy
-        new = self.sim.pick_users(self.np_random, idx.size, exclude=excl)
-        self._users[idx] = new
-        self.sim.start_sessions(new, self.np_random)
-        self._t[idx] = 0
-        self._clicks[idx] = 0
+        self._refill(idx, self._users[rows], self._users[idx])
         reward = np.zeros(n, dtype=np.float64)
         terminated = np.zeros(n, dtype=bool)
         truncated = np.zeros(n, dtype=bool)
