@@ -392,6 +392,7 @@ MODULE_COMMANDS: dict[str, tuple[str, str]] = {
     "export-minari": ("simrec.trajectory.export_minari", "export a trajectory log as a Minari dataset (offline RL)"),
     "report": ("simrec.analysis.report", "write a self-contained HTML report of runs or of a result JSON"),
     "stress": ("simrec.stress.runner", "stress tests of recommenders: `simrec stress list`, `simrec stress run NAME`"),
+    "synth": ("simrec.data.synthetic", "write a synthetic log (MovieLens-like or long-tail implicit) as a generic log"),
 }
 
 

@@ -429,7 +429,7 @@ def test_satisfied_users_are_picked_more_often(make_sim):
     sim.pop.state.satisfaction[:] = np.where(happy, 0.8, -0.8)
     rng = np.random.default_rng(0)
     draws = np.array([sim.pick_users(rng, 1)[0] for _ in range(4000)])
-    w = sim.dynamics.return_weights(sim.pop.state, sim.pop.trait("activity"))
+    w = sim.dynamics.return_weights(sim.pop.state, sim.pop.session_rate)
     expected = w[happy].sum() / w.sum()
     share = happy[draws].mean()
     assert share > 0.85

@@ -8,6 +8,9 @@ What is estimated, and how it maps onto the embedded model (``simrec.cognition.e
 
 * **Item statistics**: ``quality`` = the item's mean train rating shrunk toward the global mean,
   mapped to [0, 1]; ``popularity`` = the percentile of its train interaction count.
+* **Session rate**: each user's share of the train interactions (mean 1), so the simulator's users
+  come back as often, relative to each other, as the real ones did (shrunk toward 1 by its reliability,
+  see :func:`trait_percentiles`).
 * **Traits** measured as Agent4Rec does, as percentiles over users: ``activity`` from the rating
   count, ``conformity`` from how close the user's ratings are to the items' mean ratings (for
   implicit logs: how popular the user's items are), ``diversity`` from the entropy of the user's
@@ -67,6 +70,7 @@ from simrec.data.datasets import (
     load_dataset,
     split_log,
 )
+from simrec.data.implicit import ImplicitConfig, to_implicit
 from simrec.data.pairs import PairSet
 from simrec.errors import ConfigError, format_validation_error
 from simrec.users.persona import Persona, PersonaPack, Traits
@@ -99,6 +103,10 @@ class CalibrationConfig(BaseModel):
         "the user's own chronological order (1: latest): a user's next choices resemble their latest ones. "
         "0: equal weights."))
     watch_reg: float = Field(1e-4, ge=0, description="L2 penalty on latent item factors (per train interaction).")
+    watch_confidence: float = Field(1.0, ge=0, description=(
+        "Implicit logs: a watched pair weighs 1 + watch_confidence * ln(w) in the watch fit, w >= 1 its summed "
+        "weight (play count; Hu, Koren & Volinsky's log confidence); 0: every pair weighs 1. Logs whose "
+        "weights are all 1 (MovieLens) are unaffected."))
     watch_method: Literal["auto", "dense", "sampled"] = Field("auto", description=(
         "sampled (and auto): the all-negatives gradient estimated from watch_negatives fresh unobserved items "
         "per positive each step; cost grows with the log. dense: the exact gradient over every user x item "
@@ -166,6 +174,32 @@ def percentile_ranks(x: np.ndarray) -> np.ndarray:
     return ranks / (n - 1)
 
 
+def trait_percentiles(x: np.ndarray, noise_var: np.ndarray | None = None) -> np.ndarray:
+    """Percentiles of a per-user statistic in [0, 1], pulled toward 0.5 by how much of its spread is noise.
+
+    Values equal to 9 decimals are ties, so float rounding never orders users. With ``noise_var`` (each
+    value's sampling variance) the percentiles are shrunk toward 0.5 by the statistic's reliability
+    ``max(0, 1 - mean(noise_var) / var(x))`` (classical test theory): when users differ no more than
+    sampling noise makes them (every user with about the same count), every user gets 0.5 instead of
+    an arbitrary ranking; on MovieLens, where users differ far more than that, little changes.
+    """
+    x = np.round(np.asarray(x, dtype=np.float64), 9)
+    pct = percentile_ranks(x)
+    if noise_var is None or x.size < 2:
+        return pct
+    spread = float(x.var())
+    reliability = 0.0 if spread <= 0 else max(0.0, 1.0 - float(np.mean(noise_var)) / spread)
+    return 0.5 + reliability * (pct - 0.5)
+
+
+def _mean_and_noise(idx: np.ndarray, vals: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per-group mean of ``vals`` and its sampling variance (within-group variance / count)."""
+    c = np.maximum(np.bincount(idx, minlength=n), 1).astype(np.float64)
+    m = np.bincount(idx, vals, n) / c
+    var = np.maximum(np.bincount(idx, vals * vals, n) / c - m * m, 0.0)
+    return m, var / c
+
+
 def _group_sum(idx: np.ndarray, vals: np.ndarray, n: int) -> np.ndarray:
     if vals.ndim == 1:
         return np.bincount(idx, vals, n)
@@ -230,6 +264,7 @@ class _Stats:
     genre_share: np.ndarray  # (n_users, n_genres)
     user_mean: np.ndarray  # mean rating (NaN without ratings)
     crowd_of_user: np.ndarray  # mean crowd rating of the user's items
+    session_rate: np.ndarray  # relative interaction rate (mean 1 over active users), shrunk by its reliability
 
 
 def _statistics(train: InteractionLog, cfg: CalibrationConfig) -> _Stats:
@@ -249,13 +284,13 @@ def _statistics(train: InteractionLog, cfg: CalibrationConfig) -> _Stats:
         crowd = (s_i + m * mu) / (n_i + m)
         # Leave-one-out item means: a user is not "conforming" with an item mean made of their own rating.
         loo = (s_i[ir] - r + m * mu) / (n_i[ir] - 1 + m)
-        dev = np.bincount(ur, (r - loo) ** 2, nu) / np.maximum(np.bincount(ur, minlength=nu), 1)
-        resid = np.bincount(ur, r - loo, nu) / np.maximum(np.bincount(ur, minlength=nu), 1)
+        dev, dev_noise = _mean_and_noise(ur, (r - loo) ** 2, nu)
+        resid, resid_noise = _mean_and_noise(ur, r - loo, nu)
         has = np.bincount(ur, minlength=nu) > 0
         conformity = np.full(nu, 0.5)
-        conformity[has] = 1.0 - percentile_ranks(dev[has])
+        conformity[has] = 1.0 - trait_percentiles(dev[has], dev_noise[has])
         pickiness = np.full(nu, 0.5)
-        pickiness[has] = 1.0 - percentile_ranks(resid[has])
+        pickiness[has] = 1.0 - trait_percentiles(resid[has], resid_noise[has])
         user_mean = np.where(has, np.bincount(ur, r, nu) / np.maximum(np.bincount(ur, minlength=nu), 1), np.nan)
         crowd_of_user = np.where(has, np.bincount(ur, crowd[ir], nu) / np.maximum(np.bincount(ur, minlength=nu), 1),
                                  np.nan)
@@ -263,33 +298,45 @@ def _statistics(train: InteractionLog, cfg: CalibrationConfig) -> _Stats:
         mu = 3.0
         crowd = np.full(ni, 3.0)
         has = user_count > 0
-        mean_pop = np.bincount(u, popularity[i], nu) / np.maximum(user_count, 1)
+        mean_pop, pop_noise = _mean_and_noise(u, popularity[i], nu)
         conformity = np.full(nu, 0.5)
-        conformity[has] = percentile_ranks(mean_pop[has])
+        conformity[has] = trait_percentiles(mean_pop[has], pop_noise[has])
         pickiness = np.full(nu, 0.5)
         user_mean = np.full(nu, np.nan)
         crowd_of_user = np.full(nu, np.nan)
     active = user_count > 0
     activity = np.full(nu, 0.5)
-    activity[active] = percentile_ranks(user_count[active])
+    # a count's sampling variance is about the count itself (Poisson)
+    activity[active] = trait_percentiles(user_count[active], user_count[active])
+    session_rate = np.ones(nu)
+    if active.any():
+        c = user_count[active]
+        rel = max(0.0, 1.0 - float(c.mean()) / float(c.var())) if c.var() > 0 else 0.0
+        session_rate[active] = 1.0 + rel * (c / c.mean() - 1.0)
     G = train.items.genre_matrix().astype(np.float64)
     share = _group_sum(u, G[i], nu)
     share /= np.maximum(share.sum(axis=1, keepdims=True), 1e-12)
     with np.errstate(divide="ignore", invalid="ignore"):
-        ent = -np.nansum(np.where(share > 0, share * np.log(share), 0.0), axis=1)
+        logs = np.where(share > 0, np.log(share), 0.0)
+    ent = -(share * logs).sum(axis=1)
+    # the plug-in entropy's sampling variance (Basharin): (sum p ln^2 p - H^2) / n
+    ent_noise = np.maximum((share * logs * logs).sum(axis=1) - ent**2, 0.0) / np.maximum(user_count, 1)
+    norm = max(math.log(max(G.shape[1], 2)), 1e-12)
     diversity = np.full(nu, 0.5)
-    diversity[active] = percentile_ranks(ent[active] / max(math.log(max(G.shape[1], 2)), 1e-12))
+    diversity[active] = trait_percentiles(ent[active] / norm, ent_noise[active] / norm**2)
     patience = np.full(nu, 0.5)
-    if train.timestamp.size and np.ptp(train.timestamp) > len(train):  # real times, not row order
+    if train.timed and train.timestamp.size and np.ptp(train.timestamp) > len(train):  # real times
         order = train.chronological_order()
         uo, to = u[order], train.timestamp[order]
         new_session = np.r_[True, (uo[1:] != uo[:-1]) | (np.diff(to) > SESSION_GAP_S)]
-        sessions = np.bincount(uo, new_session.astype(np.float64), nu)
-        mean_len = user_count / np.maximum(sessions, 1)
-        patience[active] = percentile_ranks(mean_len[active])
+        sid = np.cumsum(new_session) - 1
+        length = np.bincount(sid).astype(np.float64)
+        mean_len, len_noise = _mean_and_noise(uo[new_session], length, nu)
+        patience[active] = trait_percentiles(mean_len[active], len_noise[active])
     traits = np.stack([activity, conformity, diversity, patience, pickiness], axis=1)
     quality = np.clip((crowd - 1.0) / 4.0, 0.0, 1.0)
-    return _Stats(item_count, popularity, crowd, quality, mu, user_count, traits, share, user_mean, crowd_of_user)
+    return _Stats(item_count, popularity, crowd, quality, mu, user_count, traits, share, user_mean, crowd_of_user,
+                  session_rate)
 
 
 # -- the rating model ------------------------------------------------------------------------------
@@ -377,19 +424,23 @@ def _offsets_parts(st: _Stats, choice: ChoiceConfig) -> tuple[np.ndarray, np.nda
 def _positive_pairs(train: InteractionLog, cfg: CalibrationConfig) -> tuple[np.ndarray, np.ndarray]:
     """Sorted unique ``user * n_items + item`` keys of ``train`` and each pair's weight (mean 1).
 
-    With ``watch_recency`` a pair weighs ``exp(watch_recency * (q - 1))``, ``q`` the place of its latest
+    On a weighted log (play counts) a pair weighs ``1 + watch_confidence * ln(w)``, ``w`` its summed weight;
+    with ``watch_recency`` it also weighs ``exp(watch_recency * (q - 1))``, ``q`` the place of its latest
     interaction in the user's chronological order."""
     ni = train.n_items
     u, i = train.user.astype(np.int64), train.item.astype(np.int64)
     key = u * ni + i
     uniq, inv = np.unique(key, return_inverse=True)  # repeated interactions count once
     wpos = np.ones(len(uniq), dtype=np.float32)
+    if cfg.watch_confidence > 0 and not np.all(train.weight == 1):
+        total = np.bincount(inv.ravel(), train.weight.astype(np.float64), len(uniq))
+        wpos = (1.0 + cfg.watch_confidence * np.log(np.maximum(total, 1.0))).astype(np.float32)
     if cfg.watch_recency > 0:
         q = _user_position(train, np.ones(len(train), dtype=bool))
         qmax = np.zeros(len(uniq))
         np.maximum.at(qmax, inv.ravel(), q)
-        wpos = np.exp(cfg.watch_recency * (qmax - 1.0)).astype(np.float32)
-        wpos *= len(wpos) / wpos.sum()
+        wpos = wpos * np.exp(cfg.watch_recency * (qmax - 1.0)).astype(np.float32)
+    wpos *= len(wpos) / wpos.sum()
     return uniq, wpos
 
 
@@ -567,12 +618,16 @@ def _join(words: list[str]) -> str:
 
 def describe_user(log: InteractionLog, user: int, rows: np.ndarray, st: _Stats, max_titles: int = 3,
                   titles: list[str] | None = None, has_ratings: bool | None = None) -> str:
-    """A plain-language profile of ``user`` from their (train) rows of ``log``.
+    """A plain-language profile of ``user`` from their (train) rows of ``log``, in the log's
+    :class:`~simrec.data.log.Vocabulary`: stars only where the log has ratings, play counts ("listened to X
+    40 times") where its weights count plays, "most recently" only where it has real times.
 
     ``titles`` are the display titles of the items and ``has_ratings`` is ``log.has_ratings`` (default:
     computed from ``log``; pass both when describing many users, each costs a pass over the log).
     """
     rated = log.has_ratings if has_ratings is None else has_ratings
+    words = log.vocabulary
+    counted = not rated and log.weights_are_counts
     users = log.users
     who = []
     age = int(users.ages[user])
@@ -581,11 +636,15 @@ def describe_user(log: InteractionLog, user: int, rows: np.ndarray, st: _Stats, 
     if users.genders[user]:
         who.append(users.genders[user])
     occ = users.occupations[user]
-    who.append(occ if occ and occ not in ("none", "other") else "viewer")
-    kind = "film" if log.name.startswith("ml-") else "item"
-    n = len(rows)
-    verb = "rated" if rated else "watched"
-    parts = [f"A {' '.join(who)} who has {verb} {n} {kind}{'s' if n != 1 else ''} so far."]
+    who.append(occ if occ and occ not in ("none", "other") else words.user)
+    distinct = np.unique(log.item[rows])
+    n = int(distinct.size) if counted else len(rows)
+    verb = "rated" if rated else words.did
+    first = f"A {' '.join(who)} who has {verb} {n:,} {words.plural(n)} so far"
+    if counted:
+        total = int(round(float(log.weight[rows].sum())))
+        first += f", {total:,} time{'s' if total != 1 else ''} in all"
+    parts = [first + "."]
     share = st.genre_share[user]
     names = log.items.genre_names
     top = [k for k in np.argsort(-share, kind="stable")[:3] if share[k] >= 0.05 and names[k] != "unknown"]
@@ -596,24 +655,35 @@ def describe_user(log: InteractionLog, user: int, rows: np.ndarray, st: _Stats, 
         diff = float(st.user_mean[user] - st.crowd_of_user[user])
         tone = "generously" if diff > 0.25 else "harshly" if diff < -0.25 else "about like everyone else"
         parts.append(f"Rates {tone}: {st.user_mean[user]:.1f} stars on average where others give the same "
-                     f"{kind}s {st.crowd_of_user[user]:.1f}.")
+                     f"{words.item}s {st.crowd_of_user[user]:.1f}.")
     if titles is None:
         titles = [_title(t) for t in log.items.titles]
     if max_titles and n:
-        order = rows[np.lexsort((-log.timestamp[rows], -np.nan_to_num(log.rating[rows], nan=0.0)))]
         if rated:
+            order = rows[np.lexsort((-log.timestamp[rows], -np.nan_to_num(log.rating[rows], nan=0.0)))]
             loved = [titles[log.item[j]] for j in order if log.rating[j] >= 4][:max_titles]
             hated = [titles[log.item[j]] for j in order[::-1] if log.rating[j] <= 2][: max(1, max_titles - 1)]
             if loved:
                 parts.append("Loved " + _join(loved) + ".")
             if hated:
                 parts.append("Disliked " + _join(hated) + ".")
-        recent = [titles[log.item[j]] for j in rows[np.argsort(-log.timestamp[rows], kind="stable")][:max_titles]]
-        parts.append("Most recently: " + _join(recent) + ".")
+        elif counted:
+            plays = np.bincount(np.searchsorted(distinct, log.item[rows]), log.weight[rows], distinct.size)
+            best = np.argsort(-plays, kind="stable")[:max_titles]
+            parts.append(f"Most {words.did}: " + _join([f"{titles[distinct[k]]} ({int(round(plays[k])):,} "
+                                                         f"time{'s' if round(plays[k]) != 1 else ''})"
+                                                         for k in best]) + ".")
+        if log.timed:
+            recent = [titles[log.item[j]] for j in rows[np.argsort(-log.timestamp[rows], kind="stable")][:max_titles]]
+            parts.append("Most recently: " + _join(recent) + ".")
+        elif not rated and not counted:  # no times, no counts: the strongest interactions, in file order
+            strongest = rows[np.argsort(-log.weight[rows], kind="stable")][:max_titles]
+            parts.append(f"{words.did.capitalize()} " + _join([titles[log.item[j]] for j in strongest])
+                         + ", among others.")
     often = _level(tr[0], ("occasionally", "regularly", "a lot"))
     crowd = _level(tr[1], ("has tastes of their own", "agrees with the crowd now and then", "likes what everyone likes"))
     spread = _level(tr[2], ("sticks to a few genres", "tries other genres now and then", "enjoys many different genres"))
-    parts.append(f"Watches {often}, {crowd} and {spread}.")
+    parts.append(f"{words.does.capitalize()} {often}, {crowd} and {spread}.")
     return " ".join(parts)
 
 
@@ -758,13 +828,13 @@ def calibrate(train: InteractionLog, config: CalibrationConfig | dict | None = N
         raw = train.users.ids[uidx]
         age = int(train.users.ages[uidx])
         personas.append(Persona(
-            id=persona_id(raw), name=f"Viewer {raw}", age=min(max(age, 10), 110) if age else 35,
+            id=persona_id(raw), name=f"{train.vocabulary.user.capitalize()} {raw}", age=min(max(age, 10), 110) if age else 35,
             occupation=train.users.occupations[uidx] or "other",
             description=describe_user(train, int(uidx), rows, st, cfg.max_history_titles, titles, rated),
             traits=Traits(**{k: round(float(v), 6) for k, v in zip(("activity", "conformity", "diversity",
                                                                       "patience", "pickiness"), tr)}),
             interests=interests, taste=[float(x) for x in taste[uidx].astype(np.float32)],
-            rating_bias=float(bias[uidx]),
+            rating_bias=float(bias[uidx]), session_rate=round(float(st.session_rate[uidx]), 6),
         ))
     pack = PersonaPack(name=f"{train.name.split('/')[0]}-calibrated",
                        description=f"{len(personas)} personas calibrated from {train.summary()} (seed {seed}).",
@@ -801,7 +871,7 @@ def _build_catalog(train: InteractionLog, st: _Stats, features: np.ndarray) -> C
     for i in range(len(items)):
         gs = [g for g in items.genres[i] if g != "unknown"]
         what = (_join(gs).lower() + " ") if gs else ""
-        kind = "film" if train.name.startswith("ml-") else "title"
+        kind = train.vocabulary.item
         year = f" from {items.years[i]}" if items.years[i] else ""
         text = f" {items.texts[i]}" if items.texts[i] else ""
         descs.append(f"A {what}{kind}{year}.{text}")
@@ -825,6 +895,9 @@ class MovieLensWorldConfig(BaseModel):
     data_dir: str = Field(DEFAULT_DATA_DIR, description="Dataset directory, relative to the working directory.")
     variant: Literal["auto", "ml-100k", "ml-1m", "generic"] = "auto"
     format: dict[str, Any] | None = Field(None, description="simrec.data.datasets.GenericFormat for variant 'generic'.")
+    implicit: ImplicitConfig | None = Field(None, description=(
+        "Turn a rated log into implicit feedback before splitting (simrec.data.implicit.to_implicit: ratings >= "
+        "min_rating are the positives, weights = stars, no timestamps); pair it with split kind 'random'."))
     split: SplitConfig = Field(default_factory=SplitConfig)
     calibration: CalibrationConfig = Field(default_factory=CalibrationConfig)
     choice: dict[str, Any] | None = Field(
@@ -882,6 +955,8 @@ def load_and_split(settings: MovieLensWorldConfig) -> tuple[InteractionLog, Spli
     path = resolve_data_dir(settings.data_dir)
     fmt = GenericFormat.model_validate(settings.format) if settings.format else None
     log = load_dataset(path, settings.variant, fmt)
+    if settings.implicit is not None:
+        log = to_implicit(log, settings.implicit)
     if settings.max_users is not None and settings.max_users < log.n_users:
         log = log.select(log.user < settings.max_users)
     return log, split_log(log, settings.split)
@@ -927,7 +1002,7 @@ def log_fingerprint(log: InteractionLog) -> str:
     for a in (log.user, log.item, log.rating, log.weight, log.timestamp, log.items.years, log.users.ages):
         h.update(np.ascontiguousarray(a).tobytes())
         h.update(b"|")
-    tables = [log.name, log.items.ids, log.items.titles, log.items.texts, log.items.genres, log.items.genre_names,
+    tables = [log.name, log.timed, log.vocabulary.model_dump(), log.items.ids, log.items.titles, log.items.texts, log.items.genres, log.items.genre_names,
               log.items.attributes, log.users.ids, log.users.genders, log.users.occupations, log.users.attributes]
     h.update(json.dumps(tables, sort_keys=True, default=str).encode("utf-8"))
     return h.hexdigest()

@@ -19,7 +19,13 @@ from typing import Callable
 
 from simrec.data.generic import GenericFormat, load_generic
 from simrec.data.log import DataFormatError, InteractionLog, ItemTable, UserTable
-from simrec.data.movielens import ARCHIVES, fetch_movielens, load_movielens_1m, load_movielens_100k, verify_movielens
+from simrec.data.movielens import (
+    ARCHIVES,
+    fetch_movielens,
+    load_movielens_1m,
+    load_movielens_100k,
+    verify_movielens,
+)
 from simrec.data.split import Split, SplitConfig, split_log
 from simrec.errors import ConfigError
 

@@ -23,6 +23,7 @@ from simrec.data.log import (
     InteractionLog,
     ItemTable,
     UserTable,
+    Vocabulary,
     _check_range,
     _fail,
     _index_ids,
@@ -87,6 +88,8 @@ class GenericFormat(BaseModel):
     user_columns: UserColumns = Field(default_factory=UserColumns)
     rating_scale: tuple[float, float] | None = None
     name: str = "generic"
+    vocabulary: Vocabulary = Field(default_factory=lambda: Vocabulary(item="item"), description=(
+        "Words persona descriptions use (user, item, did, does; counts: whether weights count plays)."))
 
     @model_validator(mode="after")
     def _check(self) -> "GenericFormat":
@@ -215,7 +218,41 @@ def load_generic(path: str | Path, fmt: GenericFormat | dict | None = None) -> I
             raise _fail(ipath, df.attrs["lines"][k], f"weight must be a number > 0, got {df[wcol].iloc[k]!r}")
     ts = _timestamps(df, tcol, ipath) if tcol is not None else np.arange(len(df), dtype=np.int64)
     name = fmt.name if fmt.name != "generic" else f"generic:{root.name}"
-    return InteractionLog(name, u, it, rating, weight, ts, items, users, source=str(ipath))
+    return InteractionLog(name, u, it, rating, weight, ts, items, users, source=str(ipath), timed=tcol is not None,
+                          vocabulary=fmt.vocabulary)
+
+
+def _natural_order(ids: list[str]) -> list[str]:
+    """Ids sorted as numbers when they all are, else as strings: a catalog that does not depend on
+    which rows mention an item first (so rewriting test rows cannot reorder it)."""
+    try:
+        return sorted(ids, key=lambda x: (float(x), x))
+    except ValueError:
+        return sorted(ids)
+
+
+def write_generic(log: InteractionLog, directory: str | Path) -> Path:
+    """Write ``log`` as a generic log (``interactions.csv``, ``items.csv``, ``format.json``) that
+    :func:`load_generic` reads back; ratings, weights and timestamps are written where the log has them."""
+    d = Path(directory)
+    d.mkdir(parents=True, exist_ok=True)
+    cols: dict[str, object] = {"user": [log.users.ids[k] for k in log.user], "item": [log.items.ids[k] for k in log.item]}
+    if log.has_ratings:
+        cols["rating"] = log.rating
+    if not np.all(log.weight == 1):
+        cols["weight"] = [f"{w:g}" for w in log.weight]
+    if log.timed:
+        cols["timestamp"] = log.timestamp
+    pd.DataFrame(cols).to_csv(d / "interactions.csv", index=False)
+    it = log.items
+    pd.DataFrame({"id": it.ids, "title": it.titles, "text": it.texts,
+                  "genres": ["|".join(g for g in gs if g != UNKNOWN_GENRE) for gs in it.genres],
+                  "year": [str(y) if y else "" for y in it.years]}).to_csv(d / "items.csv", index=False)
+    fmt = {"name": log.name, "users": None, "vocabulary": log.vocabulary.model_dump(exclude_none=True)}
+    if log.has_ratings:
+        fmt["rating_scale"] = [1, 5]
+    (d / "format.json").write_text(json.dumps(fmt, indent=1) + "\n", encoding="utf-8")
+    return d
 
 
 def _load_generic_items(root: Path, fmt: GenericFormat, raw_items: list[str]) -> ItemTable:
@@ -223,7 +260,7 @@ def _load_generic_items(root: Path, fmt: GenericFormat, raw_items: list[str]) ->
     if path is None or not path.is_file():
         if path is not None and "items" in fmt.model_fields_set:
             raise _fail(path, None, "items file not found", "fix 'items' in the format or remove it")
-        ids = list(dict.fromkeys(raw_items))
+        ids = _natural_order(list(dict.fromkeys(raw_items)))
         return ItemTable(ids, [f"item {i}" for i in ids], ["" for _ in ids], [[UNKNOWN_GENRE] for _ in ids],
                          np.zeros(len(ids), np.int32), [UNKNOWN_GENRE])
     df = _read_csv(path, fmt.delimiter)

@@ -12,10 +12,31 @@ from typing import Any, Sequence
 
 import numpy as np
 import pandas as pd
+from pydantic import BaseModel, ConfigDict, Field
 
 from simrec.errors import ConfigError
 
 UNKNOWN_GENRE = "unknown"
+
+
+class Vocabulary(BaseModel):
+    """Words persona descriptions use for a log's users, items and interactions.
+
+    ``counts`` says whether ``weight`` counts repeated interactions (plays, purchases): descriptions
+    then say "listened to X 40 times". ``None`` decides from the data: weights that are whole numbers,
+    not all 1, on a log without ratings.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    user: str = Field("viewer", min_length=1, description="A user, e.g. 'listener', 'shopper'.")
+    item: str = Field("item", min_length=1, description="An item, singular: 'film', 'track', 'product'.")
+    did: str = Field("watched", min_length=1, description="The interaction, past tense: 'listened to', 'bought'.")
+    does: str = Field("watches", min_length=1, description="Third person present: 'listens', 'shops'.")
+    counts: bool | None = None
+
+    def plural(self, n: int) -> str:
+        return self.item if n == 1 else self.item + "s"
 
 
 class DataFormatError(ConfigError):
@@ -94,7 +115,8 @@ class InteractionLog:
 
     * ``rating``: float32 stars in [1, 5] (NaN for implicit feedback; other scales are mapped linearly).
     * ``weight``: float32 interaction strength (1 unless the file gives a weight).
-    * ``timestamp``: int64 seconds (or row order when the file has no time column).
+    * ``timestamp``: int64 seconds (or row order when the file has no time column: ``timed`` is then
+      False, and nothing treats the order as time but the temporal split).
     """
 
     name: str
@@ -106,6 +128,8 @@ class InteractionLog:
     items: ItemTable
     users: UserTable
     source: str = ""
+    timed: bool = True
+    vocabulary: Vocabulary = field(default_factory=Vocabulary)
 
     def __post_init__(self) -> None:
         self.user = np.asarray(self.user, dtype=np.int32)
@@ -132,6 +156,15 @@ class InteractionLog:
     @property
     def has_ratings(self) -> bool:
         return bool(len(self)) and bool(np.isfinite(self.rating).any())
+
+    @property
+    def weights_are_counts(self) -> bool:
+        """Whether ``weight`` counts repeated interactions (see :class:`Vocabulary`)."""
+        if self.vocabulary.counts is not None:
+            return self.vocabulary.counts
+        w = self.weight
+        return (not self.has_ratings and bool(len(self)) and bool(np.all(w == np.round(w)))
+                and bool((w > 1).any()))
 
     def select(self, mask: np.ndarray, name: str | None = None) -> "InteractionLog":
         """The rows where ``mask`` holds (same user and item tables)."""

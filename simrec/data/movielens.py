@@ -17,6 +17,7 @@ from simrec.data.log import (
     InteractionLog,
     ItemTable,
     UserTable,
+    Vocabulary,
     _check_range,
     _fail,
     _index_ids,
@@ -60,6 +61,10 @@ ML1M_GENRES = [
     "Action", "Adventure", "Animation", "Children's", "Comedy", "Crime", "Documentary", "Drama", "Fantasy",
     "Film-Noir", "Horror", "Musical", "Mystery", "Romance", "Sci-Fi", "Thriller", "War", "Western",
 ]
+
+#: How MovieLens personas are described: viewers who rated films.
+FILMS = Vocabulary(user="viewer", item="film", did="watched", does="watches")
+
 
 def load_movielens_100k(path: str | Path) -> InteractionLog:
     """Load MovieLens-100K from a directory holding ``u.data``, ``u.item``, ``u.user``, ``u.genre``."""
@@ -105,7 +110,8 @@ def load_movielens_100k(path: str | Path) -> InteractionLog:
     r = _ints(ddf, 2, data_path, "rating").astype(np.float32)
     _check_range(r, 1, 5, ddf, data_path, "rating")
     ts = _ints(ddf, 3, data_path, "timestamp")
-    return InteractionLog("ml-100k", u, it, r, np.ones(len(r), np.float32), ts, items, users, source=str(root))
+    return InteractionLog("ml-100k", u, it, r, np.ones(len(r), np.float32), ts, items, users, source=str(root),
+                          vocabulary=FILMS)
 
 
 def load_movielens_1m(path: str | Path) -> InteractionLog:
@@ -151,7 +157,8 @@ def load_movielens_1m(path: str | Path) -> InteractionLog:
     r = _ints(rdf, 2, rpath, "rating").astype(np.float32)
     _check_range(r, 1, 5, rdf, rpath, "rating")
     ts = _ints(rdf, 3, rpath, "timestamp")
-    return InteractionLog("ml-1m", u, it, r, np.ones(len(r), np.float32), ts, items, users, source=str(root))
+    return InteractionLog("ml-1m", u, it, r, np.ones(len(r), np.float32), ts, items, users, source=str(root),
+                          vocabulary=FILMS)
 
 
 

@@ -7,10 +7,10 @@ and e-commerce logs are private), so tests and benchmarks generate their own wit
 * ``"movielens"``: explicit 1-5 star ratings with timestamps, log-normal per-user activity (at least
   20 interactions, like MovieLens), Zipf-like item popularity; defaults sized like ML-1M per
   million interactions.
-* ``"longtail"``: implicit feedback (``weight`` = play counts, no ratings, no timestamps: the
-  timestamp column is row order, as the generic loader gives for a file without a time column),
-  far more items than users, heavy-tailed item popularity and near-constant per-user counts, like
-  a music log.
+* ``"longtail"``: implicit feedback (``weight`` = play counts, higher for items the user likes more;
+  no ratings; no timestamps: the timestamp column is row order and ``timed`` is False, as the generic
+  loader gives for a file without a time column), far more items than users, heavy-tailed item
+  popularity and near-constant per-user counts, like a music log.
 
 Users and items have latent factors; each user's items are the top of ``log popularity + taste .
 factors + Gumbel noise`` over candidates drawn by popularity, so generation costs O(interactions)
@@ -19,12 +19,14 @@ and never forms a users x items matrix. The same arguments give the same log.
 
 from __future__ import annotations
 
+import argparse
 import math
-from typing import Literal
+from pathlib import Path
+from typing import Literal, Sequence
 
 import numpy as np
 
-from simrec.data.log import InteractionLog, ItemTable, UserTable
+from simrec.data.log import InteractionLog, ItemTable, UserTable, Vocabulary
 
 Shape = Literal["movielens", "longtail"]
 GENRES = ("Action", "Adventure", "Comedy", "Crime", "Documentary", "Drama", "Fantasy", "Horror", "Music",
@@ -134,7 +136,9 @@ def synthetic_log(shape: Shape = "movielens", n_interactions: int = 100_000, n_u
         ts = (t0[u] + rng.random(n) * span[u]).astype(np.int64)
     else:
         rating = np.full(n, np.nan, np.float32)
-        weight = (1 + rng.geometric(0.15, n)).astype(np.float32)
+        # plays: geometric, more of them the better the item suits the user (mean ~20 at the top, ~3 at the bottom)
+        z = (s - s.mean()) / max(s.std(), 1e-9)
+        weight = (1 + rng.geometric(0.05 + 0.25 / (1.0 + np.exp(z)), n)).astype(np.float32)
         ts = np.empty(n, np.int64)
     shuffle = rng.permutation(n)  # file order is not sorted by user
     u, i, rating, weight, ts = u[shuffle], i[shuffle], rating[shuffle], weight[shuffle], ts[shuffle]
@@ -151,4 +155,33 @@ def synthetic_log(shape: Shape = "movielens", n_interactions: int = 100_000, n_u
                       genre_names=list(GENRES))
     users = UserTable.anonymous([str(k + 1) for k in range(nu)])
     name = f"synthetic-{shape}-{n}"
-    return InteractionLog(name, u, i, rating, weight, ts, items, users, source=f"synthetic_log(seed={seed})")
+    words = (Vocabulary(user="viewer", item="film", did="watched", does="watches") if shape == "movielens" else
+             Vocabulary(user="listener", item="track", did="listened to", does="listens", counts=True))
+    return InteractionLog(name, u, i, rating, weight, ts, items, users, source=f"synthetic_log(seed={seed})",
+                          timed=shape == "movielens", vocabulary=words)
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    """Options of ``simrec synth``."""
+    p.add_argument("--shape", choices=("movielens", "longtail"), default="longtail")
+    p.add_argument("--interactions", type=int, default=100_000, help="rows of the log (default 100,000)")
+    p.add_argument("--users", type=int, default=None, help="default: by shape and size (see default_size)")
+    p.add_argument("--items", type=int, default=None)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", metavar="DIR", required=True, help="directory to write the generic log into")
+
+
+def run_cli(args: argparse.Namespace) -> int:
+    """``simrec synth``: write :func:`synthetic_log` as a generic log directory (``simrec fidelity --data DIR``)."""
+    from simrec.data.generic import write_generic
+
+    log = synthetic_log(args.shape, args.interactions, n_users=args.users, n_items=args.items, seed=args.seed)
+    out = write_generic(log, Path(args.out))
+    print(f"{log.summary()} -> {out}")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="simrec synth", description=run_cli.__doc__)
+    add_arguments(parser)
+    return run_cli(parser.parse_args(argv))

@@ -105,8 +105,8 @@ class Simulator:
         self._last_gap[users] = gap
 
     def pick_users(self, rng: np.random.Generator, count: int, exclude: np.ndarray | None = None) -> np.ndarray:
-        """Draw ``count`` distinct users to start sessions, weighted by activity and satisfaction."""
-        w = self.dynamics.return_weights(self.pop.state, self.pop.trait("activity"))
+        """Draw ``count`` distinct users to start sessions, weighted by session rate and satisfaction."""
+        w = self.dynamics.return_weights(self.pop.state, self.pop.session_rate)
         keys = np.log(w) + rng.gumbel(size=w.size)
         if exclude is not None and exclude.size:
             keys[exclude] = -np.inf

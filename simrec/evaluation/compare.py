@@ -6,8 +6,8 @@ Protocol, for each seed ``s``:
    a logging run of ``fit_policy`` (uniformly random slates by default) for ``fit_episodes`` sessions on
    a separate env seeded ``s + 10_000``, whose clicks become the interactions. Every fitted recommender
    of the seed fits on the same data.
-2. A user schedule: ``episodes`` users drawn with probability proportional to ``0.2 + activity``
-   from a generator seeded ``s``. Every recommender serves the same users in the same order
+2. A user schedule: ``episodes`` users drawn with probability proportional to their session rate
+   (``Population.session_rate``) from a generator seeded ``s``. Every recommender serves the same users in the same order
    (``reset(options={"user_id": ...})``), starting from the same world (``reset(seed=s)``), so differences
    between rows are paired differences.
 3. Each recommender runs its sessions, learning online where it can; the run is recorded (in memory, or
@@ -78,9 +78,9 @@ def make_env(env_id: str | EnvSpec, overrides: dict[str, Any] | None = None) -> 
 
 
 def user_schedule(env: gymnasium.Env, seed: int, episodes: int) -> list[str]:
-    """``episodes`` persona ids drawn with probability proportional to ``0.2 + activity`` (seeded)."""
+    """``episodes`` persona ids drawn with probability proportional to their session rate (seeded)."""
     pop = env.unwrapped.sim.pop
-    w = 0.2 + pop.trait("activity").astype(np.float64)
+    w = pop.session_rate
     idx = np.random.default_rng([seed, 7]).choice(pop.n_users, size=episodes, p=w / w.sum())
     return [pop.user_id(int(u)) for u in idx]
 

@@ -94,7 +94,7 @@ def designated_tasks(env: Any, seed: int, users: int, targets: int) -> list[Judg
     pop = env.sim.pop
     n_items = len(pop.catalog)
     rng = np.random.default_rng([seed, 43])
-    w = 0.2 + pop.trait("activity").astype(np.float64)
+    w = pop.session_rate
     chosen = rng.choice(pop.n_users, size=min(users, pop.n_users), replace=False, p=w / w.sum())
     util = EmbeddedCognition(env.sim_spec.choice).utilities(pop, chosen, np.tile(np.arange(n_items), (chosen.size, 1)))
     tasks = []

@@ -16,7 +16,7 @@ def user_pool_schedule(env: Any, seed: int, pool: int, episodes: int) -> list[st
     """``episodes`` sessions by a fixed pool of ``pool`` users (drawn by activity), each user returning many
     times, so what a recommender learns about a user is tested again after the user changes."""
     sim = env.unwrapped.sim
-    w = 0.2 + sim.pop.trait("activity").astype(np.float64)
+    w = sim.pop.session_rate
     rng = np.random.default_rng([seed, 13])
     members = rng.choice(sim.pop.n_users, size=min(pool, sim.pop.n_users), replace=False, p=w / w.sum())
     order = rng.choice(members, size=episodes, p=w[members] / w[members].sum())

@@ -304,6 +304,6 @@ class Dynamics:
         state.sessions[users] += 1
         return gap
 
-    def return_weights(self, state: UserState, activity: np.ndarray) -> np.ndarray:
-        """Relative chance that each user starts the next session (activity x satisfaction)."""
-        return (0.2 + activity) * np.exp(self.config.satisfaction.return_weight * state.satisfaction)
+    def return_weights(self, state: UserState, session_rate: np.ndarray) -> np.ndarray:
+        """Relative chance that each user starts the next session (``Population.session_rate`` x satisfaction)."""
+        return session_rate * np.exp(self.config.satisfaction.return_weight * state.satisfaction)

@@ -54,6 +54,9 @@ class Persona(BaseModel):
         default=None, description="Optional calibrated initial taste vector (overrides interests)."
     )
     rating_bias: float = Field(0.0, ge=-3.0, le=3.0, description="Additive rating offset in stars (calibrated).")
+    session_rate: float | None = Field(None, gt=0.0, le=1000.0, description=(
+        "How often the user starts a session relative to others (calibrated worlds: the user's share of the "
+        "log's interactions, mean 1). Unset: (0.2 + activity) / 0.7."))
 
     @model_validator(mode="after")
     def _check_interests(self) -> "Persona":

@@ -22,6 +22,8 @@ class Population:
         personas: the persona of each user.
         traits: ``(n_users, 5)`` float32, columns in :data:`TRAIT_NAMES` order.
         rating_bias: ``(n_users,)`` float32 calibrated rating offsets.
+        session_rate: ``(n_users,)`` float64 relative chance of starting a session (``Persona.session_rate``,
+            else ``(0.2 + activity) / 0.7``).
         state: the latent :class:`~simrec.users.state.UserState`.
         memory: the :class:`~simrec.users.memory.MemoryBank`.
     """
@@ -36,6 +38,8 @@ class Population:
         base = pack.traits_array()
         self.traits = base[np.arange(self.n_users) % len(pack)]
         self.rating_bias = np.array([p.rating_bias for p in self.personas], dtype=np.float32)
+        self.session_rate = np.array([(0.2 + p.traits.activity) / 0.7 if p.session_rate is None else p.session_rate
+                                      for p in self.personas], dtype=np.float64)
         self.directions = topic_directions(catalog)
         self.slate_size = slate_size
         self.memory_capacity = memory_capacity
