@@ -10,8 +10,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from test_calibration import _assert_same_world, need_ml100k
 
-from simrec.cognition.embedded import ChoiceConfig
+from simrec.cognition.embedded import ChoiceConfig, EmbeddedCognition
 from simrec.data.calibration import (
     CalibrationConfig,
     MovieLensWorldConfig,
@@ -25,6 +26,7 @@ from simrec.data.datasets import load_dataset, split_log
 from simrec.data.fidelity import (
     FidelityResult,
     _activity_ks,
+    choice_popularity,
     matched_activity_ks,
     popularity_measures,
     spearman,
@@ -37,7 +39,6 @@ from simrec.errors import ConfigError
 from simrec.llm.prompting import build_judge_messages
 from simrec.llm.sanitize import Sanitizer
 from simrec.users.population import Population
-from test_calibration import _assert_same_world, need_ml100k
 
 QUICK = {"watch_iters": 40, "rating_iters": 4, "choice_factors": 8, "validate_split": False}
 TRAITS = ("activity", "conformity", "diversity", "patience", "pickiness")
@@ -223,6 +224,26 @@ def test_matched_activity_ks_accepts_equal_rates_and_rejects_unequal_ones():
     assert matched_activity_ks(spread, real, per_session, sessions, rng) > 0.2
 
 
+def test_free_choice_popularity_is_one_pick_per_user_among_unseen_items():
+    cal = calibrate(synthetic_log("longtail", 6000, seed=2), QUICK)
+    pop = Population(cal.catalog, cal.personas, None, 5)
+    pop.reset(np.random.default_rng(0))
+    users = np.arange(0, len(pop), 3)
+    excluded = np.zeros((users.size, len(cal.catalog)), bool)
+    excluded[:, :50] = True
+    share = choice_popularity(EmbeddedCognition(ChoiceConfig()), pop, users, excluded, chunk=7)
+    assert share.sum() == pytest.approx(users.size) and np.all(share[:50] == 0)
+    # the picks follow utility: the most popular train items draw far more than their share of choices
+    top = np.argsort(-cal.catalog.popularity)[:200]
+    top = top[top >= 50]
+    assert share[top].mean() > 3 * share[50:].mean()
+
+    class NoUtilities:
+        pass
+
+    assert choice_popularity(NoUtilities(), pop, users, excluded) is None
+
+
 def test_rating_metrics_are_skipped_with_a_line_on_implicit_logs():
     res = FidelityResult(seeds=[0])
     res.add("embedded", {"acc@1:1": 0.8, "rmse": float("nan"), "mae": float("nan"), "tv": float("nan")})
@@ -243,6 +264,16 @@ def _write_log(dest: Path, log: InteractionLog, items_file: bool) -> Path:
         fmt = json.loads((dest / "format.json").read_text())
         fmt["items"] = None
         (dest / "format.json").write_text(json.dumps(fmt))
+    return dest
+
+
+def _with_interactions(src: Path, dest: Path, df: pd.DataFrame) -> Path:
+    """A copy of the log in ``src`` with its interactions replaced by ``df``."""
+    dest.mkdir()
+    for f in ("items.csv", "format.json"):
+        if (src / f).is_file():
+            (dest / f).write_bytes((src / f).read_bytes())
+    df.to_csv(dest / "interactions.csv", index=False)
     return dest
 
 
@@ -267,12 +298,7 @@ def test_random_split_test_rows_never_reach_the_world(tmp_path, items_file):
     else:  # without an items file the catalog is the log's items: shuffle them among the test rows
         df.loc[rows, "item"] = df.loc[rows, "item"].to_numpy()[rng.permutation(rows.size)]
     df.loc[rows, "weight"] = [str(x) for x in rng.integers(1, 99, rows.size)]
-    (tmp_path / "b").mkdir()
-    for f in ("items.csv", "format.json"):
-        if (tmp_path / "a" / f).is_file():
-            (tmp_path / "b" / f).write_bytes((tmp_path / "a" / f).read_bytes())
-    df.to_csv(tmp_path / "b" / "interactions.csv", index=False)
-    other = _world(tmp_path / "b")
+    other = _world(_with_interactions(tmp_path / "a", tmp_path / "b", df))
     assert not np.array_equal(other.split.test.item, base.split.test.item)
     assert np.array_equal(other.split.train.item, base.split.train.item)
     _assert_same_world(base, other)
@@ -280,9 +306,25 @@ def test_random_split_test_rows_never_reach_the_world(tmp_path, items_file):
     train_row = int(np.flatnonzero(~test)[0])
     df2 = pd.read_csv(tmp_path / "a" / "interactions.csv", dtype=str)
     df2.loc[train_row, "weight"] = "500"
-    (tmp_path / "c").mkdir()
-    for f in ("items.csv", "format.json"):
-        if (tmp_path / "a" / f).is_file():
-            (tmp_path / "c" / f).write_bytes((tmp_path / "a" / f).read_bytes())
-    df2.to_csv(tmp_path / "c" / "interactions.csv", index=False)
-    assert not np.array_equal(_world(tmp_path / "c").catalog.features, base.catalog.features)
+    assert not np.array_equal(_world(_with_interactions(tmp_path / "a", tmp_path / "c", df2)).catalog.features,
+                              base.catalog.features)
+
+
+def test_measure_validity_script_separates_right_from_wrong_simulators(tmp_path):
+    import subprocess
+    import sys
+
+    out = tmp_path / "v.json"
+    root = Path(__file__).resolve().parents[1]
+    subprocess.run([sys.executable, str(root / "experiments" / "measure_validity.py"), "--json", str(out)],
+                   check=True, capture_output=True, cwd=root)
+    res = json.loads(out.read_text())
+    for r in res["popularity"]:
+        if r["simulator"].startswith("oracle"):
+            assert r["pop_curve"] > 0.95 and r["spearman"] < 0.5
+        else:
+            assert r["pop_curve"] < 0.6
+    act = {(r["real"], r["simulator"]): r for r in res["activity"]}
+    assert act[("equal counts", "equal rates")]["activity_ks_matched"] < 0.1
+    assert act[("equal counts", "equal rates")]["activity_ks"] > 0.4
+    assert act[("equal counts", "log-normal rates (sd 0.8)")]["activity_ks_matched"] > 0.2

@@ -25,7 +25,9 @@ split** under the protocols the field uses:
    long-tail catalogs that rank measure is mostly ties and fails even a perfect simulator, so
    ``pop_curve`` (the overlap of simulated and real activity over train-popularity classes) and
    ``pop_spearman_head`` (items with at least 5 held-out interactions) are reported too; see
-   :func:`popularity_measures`.
+   :func:`popularity_measures`. Uniform pages also cap how often a popular item can be clicked, so
+   ``pop_choice_curve`` / ``pop_choice_spearman`` apply the same measures to free choice from the whole
+   catalog (the backend's own choice rule, no exposure; :func:`choice_popularity`, embedded backend).
 5. **Activity**: from the same simulation, ``activity_ks`` is the Kolmogorov-Smirnov distance
    between the distributions of per-user activity (clicks, and test-split interactions), each
    divided by its mean so that the simulation length does not matter; it also counts the
@@ -76,9 +78,9 @@ from simrec.resume import Journal, apply_changes, changes, to_json_value, with_l
 RATIOS = (1, 3, 9)
 #: Metrics of the README table, in order (JSON holds these and the diagnostics below).
 TABLE_METRICS = ("acc@1:1", "f1@1:1", "acc@1:3", "f1@1:3", "acc@1:9", "f1@1:9", "rmse", "mae", "tv",
-                 "pop_spearman", "pop_curve", "activity_ks", "activity_ks_matched")
+                 "pop_spearman", "pop_curve", "pop_choice_curve", "activity_ks", "activity_ks_matched")
 DIAGNOSTICS = ("prec@1:1", "rec@1:1", "prec@1:3", "rec@1:3", "prec@1:9", "rec@1:9", "rmse_latent",
-               "pop_spearman_head", "pop_reliability", "activity_spearman", "clicks_per_step", "fallback_rate")
+               "pop_spearman_head", "pop_choice_spearman", "pop_reliability", "activity_spearman", "clicks_per_step", "fallback_rate")
 #: Metrics that need ratings (not applicable on implicit logs).
 RATING_METRICS = ("rmse", "mae", "tv", "rmse_latent")
 #: Direction of each table metric (for the README: higher or lower is better).
@@ -478,13 +480,47 @@ def _rating_metrics(real: np.ndarray, stars: np.ndarray, sample: np.ndarray,
     return out
 
 
+def choice_popularity(backend: CognitionBackend, pop: Any, users: np.ndarray, excluded: np.ndarray,
+                      chunk: int = 64) -> np.ndarray | None:
+    """Expected picks of each item if each of ``users`` chose one item from the whole catalog (less the
+    ``excluded`` items, ``(len(users), n_items)``: their train history) by the backend's own choice rule,
+    a multinomial logit over utility / temperature; None for a backend without utilities (an LLM).
+
+    Browsing shows uniform pages, so an item is clicked at most as often as it is shown: under that
+    exposure even a simulator that knows popularity spreads its clicks far flatter than a long-tail log,
+    whose users found their items through charts, search and recommendations. Free choice removes the
+    exposure and asks only whether the simulated users' preferences make the right items popular."""
+    utilities = getattr(backend, "utilities", None)
+    temperature = getattr(getattr(backend, "config", None), "temperature", None)
+    if utilities is None or temperature is None:
+        return None
+    ni = excluded.shape[1]
+    share = np.zeros(ni)
+    items = np.arange(ni)
+    for s in range(0, users.size, chunk):
+        u = users[s:s + chunk]
+        z = np.asarray(utilities(pop, u, np.broadcast_to(items, (u.size, ni))), np.float64) / temperature
+        z[excluded[s:s + chunk]] = -np.inf
+        z -= z.max(axis=1, keepdims=True)
+        e = np.exp(z)
+        share += (e / e.sum(axis=1, keepdims=True)).sum(axis=0)
+    return share
+
+
 def _browsing_metrics(sim: Simulator, ev: EvalSet, cfg: FidelityConfig, rng: np.random.Generator,
                       real_items: np.ndarray, real_users: np.ndarray, train_items: np.ndarray) -> dict[str, float]:
     n_sessions = max(1, int(round(cfg.sessions_per_user * ev.users.size)))
     concurrent = cfg.concurrent_sessions or max(1, ev.users.size // 16)
-    sim_out = simulate_browsing(sim, ev.users, ev.train_matrix(), n_sessions, concurrent, rng)
+    excluded = ev.train_matrix()
+    choice = choice_popularity(sim.backend, sim.pop, ev.users, excluded)  # before browsing changes the users
+    free: dict[str, float] = {"pop_choice_curve": float("nan"), "pop_choice_spearman": float("nan")}
+    if choice is not None:
+        pm = popularity_measures(choice, real_items, train_items, rng)
+        free = {"pop_choice_curve": pm["pop_curve"], "pop_choice_spearman": spearman(choice, real_items)}
+    sim_out = simulate_browsing(sim, ev.users, excluded, n_sessions, concurrent, rng)
     sim_users = sim_out["user_clicks"][ev.users].astype(float)
     return {
+        **free,
         "pop_spearman": spearman(sim_out["item_clicks"], real_items),
         **popularity_measures(sim_out["item_clicks"], real_items, train_items, rng),
         "activity_ks": _activity_ks(sim_users, real_users),
@@ -520,8 +556,8 @@ def popularity_measures(sim_items: np.ndarray, real_items: np.ndarray, train_ite
     after correcting for attenuation (``tests/test_implicit.py``). Sums over groups of items are not
     that noisy, so:
 
-    * ``pop_curve``: items are grouped by their train interaction count in powers of two (0, 1, 2-3,
-      4-7, ...); ``1 - TV`` between the simulated clicks' and the held-out interactions' shares of the
+    * ``pop_curve``: items are grouped by their train interaction count in powers of two (0, 1-2, 3-6,
+      7-14, ...); ``1 - TV`` between the simulated clicks' and the held-out interactions' shares of the
       groups (the overlap of the two distributions; 1: each popularity class gets exactly its real share
       of the activity; a simulator clicking the true rates scores about 0.98, uniform clicks about 0.25);
     * ``pop_spearman_head``: Spearman over the items with at least ``min_count`` held-out interactions
