@@ -514,7 +514,7 @@ def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
         if argv and argv[0] == name:
             try:
                 _import_command(name).add_arguments(p)
-                if name in ("compare", "stress"):  # their --ray flags (simrec.distributed.cli)
+                if name in ("compare", "stress", "fidelity"):  # their --ray flags (simrec.distributed.cli)
                     from simrec.distributed.cli import add_arguments as add_distributed_arguments
 
                     add_distributed_arguments(p, name)

@@ -226,6 +226,21 @@ def test_stress_and_fidelity_seeds_over_ray_equal_sequential(ray_local, tmp_path
     assert len(dist_f.info["timing"]["calibration_s"]) == 2 and set(dist_f.info["eval"]) == {"0", "1"}
 
 
+def test_fidelity_command_over_ray_writes_what_the_plain_command_writes(ray_local, tmp_path, capsys):
+    from simrec.cli import main
+
+    fidelity_spec(tmp_path / "log")
+    base = ["fidelity", "--data", str(tmp_path / "log"), "--seeds", "2", "--sessions-per-user", "2", "--no-cache",
+            "--no-baselines", "--quiet"]
+    assert main(base + ["--json", str(tmp_path / "seq.json")]) == 0
+    assert main(base + ["--json", str(tmp_path / "ray.json"), "--ray", "--workers", "2"]) == 0
+    seq, dist = (json.loads((tmp_path / f).read_text()) for f in ("seq.json", "ray.json"))
+    assert same(dist["results"], seq["results"]) and dist["seeds"] == [0, 1]
+    assert dist["info"]["distributed"]["workers"] == 2 and "--ray" in dist["info"]["command"]
+    assert main(base + ["--ray", "--resume", "--journal", str(tmp_path / "j")]) == 2
+    assert "do not combine with --ray" in capsys.readouterr().err
+
+
 def test_population_shards_do_not_depend_on_the_workers(ray_local, tmp_path):
     cfg = PopulationConfig(users=700, shard_users=256, num_envs=64, steps_per_user=3, overrides={"max_steps": 5})
     assert cfg.shards() == [256, 256, 188]

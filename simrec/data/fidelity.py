@@ -830,10 +830,8 @@ def _journal(args: argparse.Namespace) -> Journal | None:
     return Journal(path, fp, resume=args.resume, command="fidelity")
 
 
-def run_cli(args: argparse.Namespace) -> int:
-    """``simrec fidelity``: run the harness, print the table, optionally write JSON/markdown."""
-    import contextlib
-
+def cli_spec_and_config(args: argparse.Namespace) -> tuple[EnvSpec, FidelityConfig]:
+    """The env spec and harness settings a parsed ``simrec fidelity`` command asks for (data checked)."""
     names = args.backend or ["embedded"]
     spec = resolve_spec(args.spec)
     world: dict[str, Any] = {}
@@ -858,32 +856,52 @@ def run_cli(args: argparse.Namespace) -> int:
     sessions = args.sessions_per_user or (2.0 if "llm" in names else 10.0)
     cfg = FidelityConfig(seeds=list(range(args.seeds)), page_size=args.page_size, max_users=args.max_users,
                          max_positives=args.max_positives, sessions_per_user=sessions, simulate=not args.no_simulate)
-    say = (lambda s: None) if args.quiet else (lambda s: print(s, file=sys.stderr, flush=True))
-    journal = _journal(args)
-    if journal is not None and journal.resumed:
-        say(f"resuming: {len(journal.units())} finished seeds in {journal.path}")
-    with contextlib.ExitStack() as stack:
-        factories: dict[str, BackendFactory] = {}
-        for name in names:
-            if name == "embedded":
-                factories["embedded"] = embedded_factory
-            else:
-                endpoint = stack.enter_context(llm_endpoint("llm", args.base_url, args.model))
-                llm_cfg = {**(endpoint or {}), **_llm_config(args)}
-                if journal is not None:  # the calls of a seed cut short are replayed, not paid again
-                    llm_cfg = with_llm_cache(llm_cfg, journal.path)
-                factories["llm"] = llm_factory(llm_cfg)
-        result = run_fidelity(spec, factories, cfg, baselines=not args.no_baselines, log=say, journal=journal)
+    return spec, cfg
+
+
+def cli_backends(args: argparse.Namespace, stack: Any, journal: Journal | None = None) -> dict[str, BackendFactory]:
+    """Backend factories of a parsed ``simrec fidelity`` command; LLM endpoints it starts live in ``stack``
+    (a ``contextlib.ExitStack``)."""
+    factories: dict[str, BackendFactory] = {}
+    for name in args.backend or ["embedded"]:
+        if name == "embedded":
+            factories["embedded"] = embedded_factory
+        else:
+            endpoint = stack.enter_context(llm_endpoint("llm", args.base_url, args.model))
+            llm_cfg = {**(endpoint or {}), **_llm_config(args)}
+            if journal is not None:  # the calls of a seed cut short are replayed, not paid again
+                llm_cfg = with_llm_cache(llm_cfg, journal.path)
+            factories["llm"] = llm_factory(llm_cfg)
+    return factories
+
+
+def cli_report(result: FidelityResult, args: argparse.Namespace) -> int:
+    """Print the table and write ``--json`` / ``--markdown`` as ``simrec fidelity`` does."""
     result.info["command"] = command_line(args)
     table = result.markdown()
     print(table)
-    print(f"\n{len(cfg.seeds)} seeds; total {result.info['timing']['total_s']:.0f}s", file=sys.stderr)
+    print(f"\n{len(result.seeds)} seeds; total {result.info['timing']['total_s']:.0f}s", file=sys.stderr)
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps(result.to_dict(), indent=1, default=str) + "\n", encoding="utf-8")
     if args.markdown:
         Path(args.markdown).write_text(table + "\n", encoding="utf-8")
     return 0
+
+
+def run_cli(args: argparse.Namespace) -> int:
+    """``simrec fidelity``: run the harness, print the table, optionally write JSON/markdown."""
+    import contextlib
+
+    spec, cfg = cli_spec_and_config(args)
+    say = (lambda s: None) if args.quiet else (lambda s: print(s, file=sys.stderr, flush=True))
+    journal = _journal(args)
+    if journal is not None and journal.resumed:
+        say(f"resuming: {len(journal.units())} finished seeds in {journal.path}")
+    with contextlib.ExitStack() as stack:
+        factories = cli_backends(args, stack, journal)
+        result = run_fidelity(spec, factories, cfg, baselines=not args.no_baselines, log=say, journal=journal)
+    return cli_report(result, args)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

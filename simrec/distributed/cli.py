@@ -1,9 +1,11 @@
-"""``--ray`` for ``simrec compare`` and ``simrec stress run``: the same command, its units on Ray workers.
+"""``--ray`` for ``simrec compare``, ``simrec stress run`` and ``simrec fidelity``: the same command, its units
+on Ray workers.
 
     simrec compare --recommenders random,popular,ease --seeds 4 --out runs/cmp --ray --workers 2
     simrec stress run filter_bubble --seeds 6 --ray --ray-address auto
+    simrec fidelity --data ../shared/datasets/ml-100k --seeds 5 --ray --workers 2
 
-``simrec.cli`` adds these flags to the two commands (:func:`add_arguments`) and hands a parsed command with
+``simrec.cli`` adds these flags to the three commands (:func:`add_arguments`) and hands a parsed command with
 any of them to :func:`run_cli`, which prints what the command prints. ``simrec compare --out DIR --ray``
 writes one merged, verified trajectory log to ``DIR`` (see :mod:`simrec.distributed.merge`) instead of one
 log per run.
@@ -20,14 +22,15 @@ from typing import Any
 
 from simrec.errors import ConfigError
 
-COMMANDS = ("compare", "stress")
+COMMANDS = ("compare", "stress", "fidelity")
 
 
 def add_arguments(p: argparse.ArgumentParser, command: str) -> None:
     """Add ``--ray``, ``--workers`` and ``--ray-address`` to ``command``'s parser (``stress``: to ``stress run``)."""
     target = _subparser(p, "run") if command == "stress" else p
     g = target.add_argument_group("distributed (Ray; see simrec.distributed)")
-    g.add_argument("--ray", action="store_true", help="run the units (recommender x seed; stress: seeds) as Ray tasks")
+    g.add_argument("--ray", action="store_true",
+                   help="run the units (recommender x seed; stress and fidelity: seeds) as Ray tasks")
     g.add_argument("--workers", type=int, default=None, metavar="N",
                    help="units in flight at once (implies --ray; default: every CPU of the Ray cluster)")
     g.add_argument("--ray-address", default=None, metavar="ADDR",
@@ -47,16 +50,18 @@ def requested(args: argparse.Namespace) -> bool:
 
 
 def run_cli(args: argparse.Namespace) -> int:
-    """Run the parsed ``simrec compare`` / ``simrec stress run`` command on Ray."""
-    if getattr(args, "resume", False):
-        raise ConfigError("--resume does not combine with --ray yet. Fix: drop --resume (Ray already re-runs a unit "
-                          "whose worker died) or drop --ray.")
+    """Run the parsed ``simrec compare`` / ``simrec stress run`` / ``simrec fidelity`` command on Ray."""
+    if getattr(args, "resume", False) or getattr(args, "journal", None):
+        raise ConfigError("--resume/--journal do not combine with --ray yet. Fix: drop them (Ray already re-runs a "
+                          "unit whose worker died) or drop --ray.")
     if args.workers is not None and args.workers < 1:
         raise ConfigError(f"--workers must be >= 1, got {args.workers}")
     if args.command == "compare":
         return _compare(args)
     if args.command == "stress":
         return _stress(args)
+    if args.command == "fidelity":
+        return _fidelity(args)
     raise ConfigError(f"`simrec {args.command}` has no distributed mode; --ray works with {', '.join(COMMANDS)}")
 
 
@@ -107,3 +112,20 @@ def _stress(args: argparse.Namespace) -> int:
                   f"{cfg.out})", file=sys.stderr)
     write_suite(args, summary, t0)
     return 0
+
+
+def _fidelity(args: argparse.Namespace) -> int:
+    import contextlib
+
+    from simrec.data import fidelity
+    from simrec.distributed.grid import run_fidelity_seeds
+
+    spec, cfg = fidelity.cli_spec_and_config(args)
+    if "llm" in (args.backend or []) and not args.base_url:
+        raise ConfigError("--backend llm with --ray needs a server every worker can reach. Fix: pass --base-url "
+                          "(the bundled local model listens on this machine only) or drop --ray.")
+    with contextlib.ExitStack() as stack:
+        factories = fidelity.cli_backends(args, stack)
+        result = run_fidelity_seeds(spec, factories, cfg, baselines=not args.no_baselines,
+                                    progress=not args.quiet, **_executor(args))
+    return fidelity.cli_report(result, args)
