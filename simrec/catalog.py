@@ -38,12 +38,28 @@ class Item(BaseModel):
         return v
 
 
+class Domain(BaseModel):
+    """The words LLM prompts use for the service, its items and the interaction, and whether users rate
+    what they consume. The defaults (a film streaming service with star ratings) are the prompts'
+    original wording; a calibrated music log says "listen to" tracks and asks for no stars."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    service: str = Field("a streaming service", min_length=1)
+    item: str = Field("title", min_length=1, description="One entry of a page, singular.")
+    items: str = Field("titles", min_length=1)
+    do: str = Field("watch", min_length=1, description="The interaction, infinitive: 'listen to'.")
+    did: str = Field("watched", min_length=1, description="Past tense: 'listened to'.")
+    ratings: bool = Field(True, description="Users give 1-5 stars (False: implicit feedback; replies carry none).")
+
+
 class CatalogFile(BaseModel):
     """Top-level layout of a catalog JSON file."""
 
     model_config = ConfigDict(extra="forbid")
 
     name: str = "catalog"
+    domain: Domain = Field(default_factory=Domain)
     topics: list[str] = Field(min_length=1, description="All topic names; item topics must be among them.")
     items: list[Item] = Field(min_length=1)
     normalize: bool = Field(True, description=(
@@ -79,6 +95,7 @@ class Catalog:
         attributes: Sequence[dict[str, Any]] | None = None,
         name: str = "catalog",
         normalize: bool = True,
+        domain: Domain | None = None,
     ) -> None:
         n = len(ids)
         if len(set(ids)) != n:
@@ -87,6 +104,7 @@ class Catalog:
             dup = sorted(str(k) for k, c in Counter(ids).items() if c > 1)[:5]
             raise ConfigError(f"catalog '{name}': item ids (field 'id') must be unique; duplicated: {dup}")
         self.name = name
+        self.domain = domain or Domain()
         self.ids = list(ids)
         self.titles = list(titles)
         self.descriptions = list(descriptions)
@@ -149,7 +167,7 @@ class Catalog:
     # -- files ----------------------------------------------------------------------------------
     @classmethod
     def from_items(cls, items: Sequence[Item], topics: Sequence[str], name: str = "catalog",
-                   normalize: bool = True) -> "Catalog":
+                   normalize: bool = True, domain: Domain | None = None) -> "Catalog":
         dims = {len(it.features) for it in items}
         if len(dims) != 1:
             raise ConfigError(f"catalog '{name}': all items need features of one length, found lengths {sorted(dims)}")
@@ -166,6 +184,7 @@ class Catalog:
             attributes=[it.attributes for it in items],
             name=name,
             normalize=normalize,
+            domain=domain,
         )
 
     @classmethod
@@ -178,13 +197,13 @@ class Catalog:
         except ValidationError as e:
             raise format_validation_error(path, e) from None
         try:
-            return cls.from_items(cf.items, cf.topics, name=cf.name, normalize=cf.normalize)
+            return cls.from_items(cf.items, cf.topics, name=cf.name, normalize=cf.normalize, domain=cf.domain)
         except ConfigError as e:  # cross-item checks: name the file too
             raise ConfigError(f"{path}: {e}") from None
 
     def save(self, path: str | Path) -> None:
-        cf = CatalogFile(name=self.name, topics=self.topic_names, items=[self.item(i) for i in range(len(self))],
-                         normalize=False)
+        cf = CatalogFile(name=self.name, domain=self.domain, topics=self.topic_names,
+                         items=[self.item(i) for i in range(len(self))], normalize=False)
         Path(path).write_text(cf.model_dump_json(indent=1), encoding="utf-8")
 
     def __repr__(self) -> str:

@@ -10,8 +10,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from llm_servers import fake_server  # noqa: F401,F811  (fixture)
 from test_calibration import _assert_same_world, need_ml100k
 
+from simrec.cognition.base import SOURCE_FALLBACK
 from simrec.cognition.embedded import ChoiceConfig, EmbeddedCognition
 from simrec.data.calibration import (
     CalibrationConfig,
@@ -328,3 +330,55 @@ def test_measure_validity_script_separates_right_from_wrong_simulators(tmp_path)
     assert act[("equal counts", "equal rates")]["activity_ks_matched"] < 0.1
     assert act[("equal counts", "equal rates")]["activity_ks"] > 0.4
     assert act[("equal counts", "log-normal rates (sd 0.8)")]["activity_ks_matched"] > 0.2
+
+
+# -- LLM users in a world without ratings ------------------------------------------------------------
+
+
+def test_implicit_world_prompts_and_schemas_ask_for_no_stars(tmp_path):
+    from simrec.catalog import Catalog
+    from simrec.cognition.llm import decision_schema, judge_schema
+    from simrec.llm.prompting import (
+        JudgeReply,
+        build_decision_messages,
+        judge_to_arrays,
+    )
+
+    cal = calibrate(synthetic_log("longtail", 6000, seed=2), QUICK)
+    d = cal.catalog.domain
+    assert (d.do, d.item, d.ratings) == ("listen to", "track", False)
+    cal.catalog.save(tmp_path / "catalog.json")
+    assert Catalog.load(tmp_path / "catalog.json").domain == d  # the world cache keeps it
+    pop = Population(cal.catalog, cal.personas, None, 5)
+    pop.reset(np.random.default_rng(0))
+    san = Sanitizer.for_population(pop)
+    text = " ".join(m["content"] for m in build_decision_messages(pop, 0, [0, 1, 2], san)
+                    + build_judge_messages(pop, 0, [0, 1], san))
+    assert "star" not in text and "watch it" not in text and "would listen to it" in text
+    assert '"rating": null' in text
+    for schema in (decision_schema(3, "tight", 200, False), judge_schema(3, "tight", 200, False),
+                   judge_schema(3, "portable", 200, False)):
+        assert '"enum": [1, 2, 3, 4, 5' not in json.dumps(schema) and '"type": "integer"}' not in json.dumps(
+            schema).split('"rating"')[1][:30]
+    reply = JudgeReply.model_validate_json('{"items": [{"item": 1, "watch": true, "rating": null}, '
+                                           '{"item": 2, "watch": false, "rating": null}]}')
+    watch, rating = judge_to_arrays(reply, 2, ratings=False)
+    assert watch.tolist() == [True, False] and np.isnan(rating).all()
+    with pytest.raises(ValueError, match="whole stars"):
+        judge_to_arrays(reply, 2)  # a rated world still needs stars
+
+
+def test_llm_user_judges_an_implicit_world_without_fallbacks(fake_server):
+    from simrec.cognition.llm import LLMCognition
+
+    cal = calibrate(synthetic_log("longtail", 6000, seed=2), QUICK)
+    pop = Population(cal.catalog, cal.personas, None, 5)
+    pop.reset(np.random.default_rng(0))
+    srv = fake_server()
+    be = LLMCognition({"base_url": srv.base_url, "model": "fake", "reflect_every": 0,
+                       "reflect_at_session_end": False}, env={})
+    try:
+        jb = be.judge(pop, np.array([0, 1]), np.array([[1, 2, 3], [4, 5, 6]]), np.random.default_rng(0))
+    finally:
+        be.close()
+    assert SOURCE_FALLBACK not in jb.source.tolist() and np.isnan(jb.rating).all()  # parsed, no stars invented

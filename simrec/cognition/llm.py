@@ -58,9 +58,9 @@ CONSUMPTION_LEVELS = [0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1]
 # Wire schemas
 # ----------------------------------------------------------------------------------------------
 @functools.lru_cache(maxsize=64)
-def decision_schema(k: int, style: str = "tight", reason_chars: int = 200) -> dict:
+def decision_schema(k: int, style: str = "tight", reason_chars: int = 200, ratings: bool = True) -> dict:
     """JSON schema of a :class:`~simrec.llm.prompting.SlateDecision` reply for a page of ``k`` items
-    (cached: do not modify the returned dict).
+    (cached: do not modify the returned dict). Without ``ratings`` (implicit feedback) every rating is null.
 
     ``tight`` fixes the items to positions 1..k in order, makes a rating or consumption on an
     unclicked item unrepresentable, and gives consumption in tenths, so a grammar-constrained
@@ -73,7 +73,7 @@ def decision_schema(k: int, style: str = "tight", reason_chars: int = 200) -> di
             return {"anyOf": [
                 _obj({**base, "clicked": {"const": True},
                       # Grammar converters (llama.cpp) ignore numeric bounds: enums keep values in range.
-                      "rating": {"enum": [1, 2, 3, 4, 5, None]},
+                      "rating": {"enum": [1, 2, 3, 4, 5, None]} if ratings else {"type": "null"},
                       "consumption": {"enum": CONSUMPTION_LEVELS}}),
                 _obj({**base, "clicked": {"const": False}, "rating": {"type": "null"}, "consumption": {"const": 0}}),
             ]}
@@ -84,22 +84,24 @@ def decision_schema(k: int, style: str = "tight", reason_chars: int = 200) -> di
     else:
         items = {"type": "array", "items": _obj({
             "item": {"type": "integer"}, "clicked": {"type": "boolean"},
-            "rating": {"anyOf": [{"type": "integer"}, {"type": "null"}]}, "consumption": {"type": "number"}})}
+            "rating": {"anyOf": [{"type": "integer"}, {"type": "null"}]} if ratings else {"type": "null"},
+            "consumption": {"type": "number"}})}
         reason = {"type": "string"}
     return _obj({"items": items, "leave": {"type": "boolean"}, "reason": reason})
 
 
 @functools.lru_cache(maxsize=64)
-def judge_schema(k: int, style: str = "tight", reason_chars: int = 200) -> dict:
-    """JSON schema of a :class:`~simrec.llm.prompting.JudgeReply` for ``k`` items."""
+def judge_schema(k: int, style: str = "tight", reason_chars: int = 200, ratings: bool = True) -> dict:
+    """JSON schema of a :class:`~simrec.llm.prompting.JudgeReply` for ``k`` items (ratings null without
+    ``ratings``)."""
     if style == "tight":
         items = {"type": "array", "items": False, "minItems": k, "maxItems": k, "prefixItems": [
             _obj({"item": {"const": j}, "watch": {"type": "boolean"},
-                  "rating": {"enum": [1, 2, 3, 4, 5]}}) for j in range(1, k + 1)]}
+                  "rating": {"enum": [1, 2, 3, 4, 5]} if ratings else {"type": "null"}}) for j in range(1, k + 1)]}
         reason = {"type": "string", "maxLength": reason_chars}
     else:
         items = {"type": "array", "items": _obj({"item": {"type": "integer"}, "watch": {"type": "boolean"},
-                                                 "rating": {"type": "integer"}})}
+                                                 "rating": {"type": "integer"} if ratings else {"type": "null"}})}
         reason = {"type": "string"}
     return _obj({"items": items, "reason": reason})
 
@@ -361,15 +363,17 @@ class LLMCognition:
         cfg = self.config
         self._maybe_reflect(pop, users)
 
+        rated = pop.catalog.domain.ratings
+
         def parse(text: str) -> tuple[Any, Any]:
             reply = SlateDecision.model_validate_json(text)
-            return reply, decision_to_arrays(reply, K)
+            return reply, decision_to_arrays(reply, K, rated)
 
         def render(u: int, page: Sequence[int], san: "Sanitizer") -> list[dict]:
             return build_decision_messages(pop, u, page, san, n_memories=cfg.n_memories, notes=self._notes.get(u))
 
         jobs = self._jobs(pop, "decide", users, slates, render, "slate_decision",
-                          decision_schema(K, self._style(), cfg.reason_max_chars), cfg.max_tokens, parse)
+                          decision_schema(K, self._style(), cfg.reason_max_chars, rated), cfg.max_tokens, parse)
         resp = ResponseBatch.empty(B, K)
         reasons: list[str | None] = [None] * B
         failed = []
@@ -403,15 +407,17 @@ class LLMCognition:
         B, K = items.shape
         cfg = self.config
 
+        rated = pop.catalog.domain.ratings
+
         def parse(text: str) -> tuple[Any, Any]:
             reply = JudgeReply.model_validate_json(text)
-            return reply, judge_to_arrays(reply, K)
+            return reply, judge_to_arrays(reply, K, rated)
 
         def render(u: int, page: Sequence[int], san: "Sanitizer") -> list[dict]:
             return build_judge_messages(pop, u, page, san, notes=self._notes.get(u), n_memories=cfg.n_memories)
 
         jobs = self._jobs(pop, "judge", users, items, render, "judgement",
-                          judge_schema(K, self._style(), cfg.reason_max_chars), cfg.judge_max_tokens, parse)
+                          judge_schema(K, self._style(), cfg.reason_max_chars, rated), cfg.judge_max_tokens, parse)
         watch = np.zeros((B, K), bool)
         rating = np.full((B, K), np.nan, np.float32)
         source = np.empty(B, np.int8)

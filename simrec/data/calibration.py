@@ -60,7 +60,7 @@ import numpy as np
 import scipy.sparse as sp
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from simrec.catalog import Catalog
+from simrec.catalog import Catalog, Domain
 from simrec.cognition.embedded import ChoiceConfig
 from simrec.data.datasets import (
     GenericFormat,
@@ -79,7 +79,7 @@ from simrec.users.world import World
 DEFAULT_DATA_DIR = "../shared/datasets/ml-100k"
 SESSION_GAP_S = 3600
 #: Bump when :func:`calibrate` gives a different world for the same inputs (invalidates on-disk caches).
-CALIBRATION_VERSION = 2
+CALIBRATION_VERSION = 3
 
 logger = logging.getLogger(__name__)
 
@@ -866,7 +866,7 @@ def _shared_bias(train: InteractionLog, st: _Stats, ch: ChoiceConfig, features: 
 
 
 def _build_catalog(train: InteractionLog, st: _Stats, features: np.ndarray) -> Catalog:
-    items = train.items
+    items, words = train.items, train.vocabulary
     descs = []
     for i in range(len(items)):
         gs = [g for g in items.genres[i] if g != "unknown"]
@@ -874,13 +874,16 @@ def _build_catalog(train: InteractionLog, st: _Stats, features: np.ndarray) -> C
         kind = train.vocabulary.item
         year = f" from {items.years[i]}" if items.years[i] else ""
         text = f" {items.texts[i]}" if items.texts[i] else ""
-        descs.append(f"A {what}{kind}{year}.{text}")
+        phrase = f"{what}{kind}{year}"
+        descs.append(f"{'An' if phrase[:1].lower() in 'aeiou' else 'A'} {phrase}.{text}")
     return Catalog(
         ids=items.ids, titles=items.titles, descriptions=descs, topic_names=items.genre_names,
         item_topics=items.genres, features=features, quality=st.quality.astype(np.float32), year=items.years,
         popularity=st.popularity.astype(np.float32),
         attributes=[{k: v for k, v in a.items() if isinstance(v, (str, int, float, bool))} for a in items.attributes],
         name=f"{train.name.split('/')[0]}-calibrated", normalize=False,
+        domain=Domain(service=words.service, item=words.title, items=words.title + "s", do=words.do, did=words.did,
+                      ratings=train.has_ratings),
     )
 
 

@@ -33,6 +33,9 @@ class Vocabulary(BaseModel):
     item: str = Field("item", min_length=1, description="An item, singular: 'film', 'track', 'product'.")
     did: str = Field("watched", min_length=1, description="The interaction, past tense: 'listened to', 'bought'.")
     does: str = Field("watches", min_length=1, description="Third person present: 'listens', 'shops'.")
+    do: str = Field("watch", min_length=1, description="Infinitive, for LLM prompts: 'listen to', 'buy'.")
+    title: str = Field("title", min_length=1, description="What LLM prompts call an item on a page: 'track'.")
+    service: str = Field("a streaming service", min_length=1, description="Where prompts say the user is browsing.")
     counts: bool | None = None
 
     def plural(self, n: int) -> str:

@@ -156,7 +156,8 @@ def synthetic_log(shape: Shape = "movielens", n_interactions: int = 100_000, n_u
     users = UserTable.anonymous([str(k + 1) for k in range(nu)])
     name = f"synthetic-{shape}-{n}"
     words = (Vocabulary(user="viewer", item="film", did="watched", does="watches") if shape == "movielens" else
-             Vocabulary(user="listener", item="track", did="listened to", does="listens", counts=True))
+             Vocabulary(user="listener", item="track", did="listened to", does="listens", do="listen to",
+                        title="track", service="a music streaming service", counts=True))
     return InteractionLog(name, u, i, rating, weight, ts, items, users, source=f"synthetic_log(seed={seed})",
                           timed=shape == "movielens", vocabulary=words)
 

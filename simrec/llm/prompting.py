@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Annotated, Any, Sequence
 import numpy as np
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 
+from simrec.catalog import Domain
 from simrec.users.memory import MemoryRecord
 from simrec.users.persona import Persona
 from simrec.llm.sanitize import Sanitizer
@@ -91,7 +92,7 @@ def describe_state(pop: "Population", u: int) -> list[str]:
     if fed_up:
         out.append(f"you are fed up with {_join([names[t] for t in fed_up])}")
     if a_lot:
-        out.append(f"you have watched a lot of {_join([names[t] for t in a_lot])} lately")
+        out.append(f"you have {pop.catalog.domain.did} a lot of {_join([names[t] for t in a_lot])} lately")
     s = float(st.satisfaction[u])
     if s >= SATISFACTION_VERY_GOOD:
         out.append("you have been really enjoying the suggestions lately")
@@ -145,13 +146,13 @@ def _name(sanitizer: Sanitizer, i: int) -> str:
     return lab if sanitizer.config.titles == "attributes" or lab.startswith("[") else f'"{lab}"'
 
 
-def _watched(consumption: float) -> str:
+def _watched(consumption: float, did: str = "watched") -> str:
     if consumption >= 0.9:
         return "finished"
     if consumption >= 0.5:
-        return "watched most of"
+        return f"{did} most of"
     if consumption >= 0.2:
-        return "watched some of"
+        return f"{did} some of"
     return "gave up early on"
 
 
@@ -159,7 +160,7 @@ def render_memory(rec: MemoryRecord, pop: "Population", sanitizer: Sanitizer) ->
     """One remembered step as a short line (no numbers but the user's own star rating)."""
     cat = pop.catalog
     if rec.chosen >= 0:
-        line = f"{_watched(rec.consumption)} {_name(sanitizer, rec.chosen)}"
+        line = f"{_watched(rec.consumption, cat.domain.did)} {_name(sanitizer, rec.chosen)}"
         if rec.rating is not None:
             line += f", rated it {int(round(rec.rating))}/5"
         elif rec.feeling >= 0.3:
@@ -168,7 +169,7 @@ def render_memory(rec: MemoryRecord, pop: "Population", sanitizer: Sanitizer) ->
             line += ", did not enjoy it"
         return line
     if not rec.shown:
-        return "found nothing to watch"
+        return f"found nothing to {cat.domain.do}"
     w = cat.topic_weights[list(rec.shown)].sum(axis=0)
     top = [cat.topic_names[t] for t in np.argsort(-w, kind="stable")[:2] if w[t] > 0]
     return f"skipped a page of {_join(top)}" if top else "skipped a page"
@@ -177,19 +178,20 @@ def render_memory(rec: MemoryRecord, pop: "Population", sanitizer: Sanitizer) ->
 def render_summary(pop: "Population", u: int) -> str:
     """The bounded running summary of the user's whole history, in words ("" when empty)."""
     s = pop.memory.summary(u, pop.catalog.topic_names, top=MAX_TOPICS)
+    words = pop.catalog.domain
     steps = int(s["steps"])
     if steps == 0:
         return ""
     parts = []
     if s["most_watched_topics"]:
-        parts.append(f"you mostly watched {_join(s['most_watched_topics'])}")
+        parts.append(f"you mostly {words.did} {_join(s['most_watched_topics'])}")
     if s["liked_topics"]:
         parts.append(f"you liked {_join(s['liked_topics'])}")
     if s["disliked_topics"]:
         parts.append(f"you disliked {_join(s['disliked_topics'])}")
     rate = int(s["chosen"]) / steps
     if rate >= 0.7:
-        parts.append("you usually found something to watch")
+        parts.append(f"you usually found something to {words.do}")
     elif rate <= 0.3:
         parts.append("you often found nothing you wanted")
     return "; ".join(parts)
@@ -233,26 +235,36 @@ def _retrieve(pop: "Population", u: int, items: Sequence[int], k: int) -> list[M
     return pop.memory.retrieve(u, q, pop.catalog, float(pop.state.clock[u]), k=k)
 
 
-_DECIDE_RULES = (
-    "You are browsing a streaming service; each turn shows a numbered page of titles. Act as this person: "
-    "click only what you would really watch (often one title or none), say how much of it you watched "
-    "(0 = nothing, 1 = all) and the stars you give it (1-5, or null for no rating), and leave when you are "
-    "bored, tired or unimpressed. Answer with JSON only."
-)
-_DECIDE_FORMAT = (
-    'JSON with one entry per title, in page order: {"items": [{"item": <number>, "clicked": <true or false>, '
-    '"rating": <1-5 or null>, "consumption": <0-1, 0 if not clicked>}], "leave": <true or false>, '
-    '"reason": "<one short sentence>"}'
-)
-_JUDGE_RULES = (
-    "You are looking at titles on a streaming service. Act as this person: for each title say whether you "
-    "would watch it and how many stars (1-5) you expect to give it. Answer with JSON only."
-)
-_JUDGE_FORMAT = (
-    'JSON with one entry per title: {"items": [{"item": <number>, "watch": <true or false>, "rating": <1-5>}], '
-    '"reason": "<one short sentence>"}'
-)
-_REFLECT_RULES = "You are thinking back on what you watched on a streaming service. Answer with JSON only."
+def _decide_rules(d: Domain) -> str:
+    stars = " and the stars you give it (1-5, or null for no rating)" if d.ratings else ""
+    return (f"You are browsing {d.service}; each turn shows a numbered page of {d.items}. Act as this person: "
+            f"click only what you would really {d.do} (often one {d.item} or none), say how much of it you {d.did} "
+            f"(0 = nothing, 1 = all){stars}, and leave when you are bored, tired or unimpressed. Answer with JSON only.")
+
+
+def _decide_format(d: Domain) -> str:
+    rating = "<1-5 or null>" if d.ratings else "null"
+    return (f'JSON with one entry per {d.item}, in page order: {{"items": [{{"item": <number>, "clicked": <true or '
+            f'false>, "rating": {rating}, "consumption": <0-1, 0 if not clicked>}}], "leave": <true or false>, '
+            f'"reason": "<one short sentence>"}}')
+
+
+def _judge_rules(d: Domain) -> str:
+    stars = " and how many stars (1-5) you expect to give it" if d.ratings else ""
+    return (f"You are looking at {d.items} on {d.service}. Act as this person: for each {d.item} say whether you "
+            f"would {d.do} it{stars}. Answer with JSON only.")
+
+
+def _judge_format(d: Domain) -> str:
+    rating = "<1-5>" if d.ratings else "null"
+    return (f'JSON with one entry per {d.item}: {{"items": [{{"item": <number>, "watch": <true or false>, '
+            f'"rating": {rating}}}], "reason": "<one short sentence>"}}')
+
+
+def _reflect_rules(d: Domain) -> str:
+    return f"You are thinking back on what you {d.did} on {d.service}. Answer with JSON only."
+
+
 _REFLECT_FORMAT = (
     'In first person and briefly, note what you enjoy and avoid now, and how you feel about the suggestions '
     'you get. JSON: {"taste_notes": "<one or two sentences>", "feeling": "<one sentence>"}'
@@ -265,11 +277,11 @@ def build_decision_messages(pop: "Population", u: int, slate: Sequence[int], san
 
     The reply is a :class:`SlateDecision`; turn it into arrays with :func:`decision_to_arrays`.
     """
-    system = f"{persona_text(pop.personas[u])}\n{_DECIDE_RULES}"
+    system = f"{persona_text(pop.personas[u])}\n{_decide_rules(pop.catalog.domain)}"
     lines = _context_lines(pop, u, sanitizer, _retrieve(pop, u, slate, n_memories), notes)
     lines.append("This page:")
     lines += _page_lines(slate, sanitizer)
-    lines.append(_DECIDE_FORMAT)
+    lines.append(_decide_format(pop.catalog.domain))
     return [{"role": "system", "content": system}, {"role": "user", "content": "\n".join(lines)}]
 
 
@@ -279,11 +291,11 @@ def build_judge_messages(pop: "Population", u: int, items: Sequence[int], saniti
 
     The reply is a :class:`JudgeReply` covering every item; see :func:`judge_to_arrays`.
     """
-    system = f"{persona_text(pop.personas[u])}\n{_JUDGE_RULES}"
+    system = f"{persona_text(pop.personas[u])}\n{_judge_rules(pop.catalog.domain)}"
     lines = _context_lines(pop, u, sanitizer, _retrieve(pop, u, items, n_memories), notes)
-    lines.append("Titles:")
+    lines.append(f"{pop.catalog.domain.items.capitalize()}:")
     lines += _page_lines(items, sanitizer)
-    lines.append(_JUDGE_FORMAT)
+    lines.append(_judge_format(pop.catalog.domain))
     return [{"role": "system", "content": system}, {"role": "user", "content": "\n".join(lines)}]
 
 
@@ -295,7 +307,7 @@ def build_reflection_messages(pop: "Population", u: int, sanitizer: Sanitizer, *
     previous ``notes``; the reply is a :class:`ReflectionReply`.
     """
     recs = pop.memory.records(u)[-n_memories:][::-1] if n_memories > 0 else []
-    system = f"{persona_text(pop.personas[u])}\n{_REFLECT_RULES}"
+    system = f"{persona_text(pop.personas[u])}\n{_reflect_rules(pop.catalog.domain)}"
     lines = _context_lines(pop, u, sanitizer, recs, notes, header="What you did recently (newest first):")
     if not recs and int(pop.memory.count[u]) == 0:
         lines.append("You have not watched anything yet.")
@@ -336,7 +348,7 @@ class SlateDecision(_Reply):
 class ItemJudgement(_Reply):
     item: int = Field(ge=1)
     watch: bool
-    rating: int = Field(ge=1, le=5)
+    rating: int | None = Field(None, ge=1, le=5, description="Whole stars; null in a world without ratings.")
 
 
 class JudgeReply(_Reply):
@@ -359,11 +371,13 @@ def _check_positions(positions: Sequence[int], k: int) -> None:
         seen.add(p)
 
 
-def decision_to_arrays(reply: SlateDecision, k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, bool]:
+def decision_to_arrays(reply: SlateDecision, k: int, ratings: bool = True
+                       ) -> tuple[np.ndarray, np.ndarray, np.ndarray, bool]:
     """``(clicked (k,) bool, rating (k,) float32 NaN = none, consumption (k,) float32, leave)``.
 
     Items not mentioned are not clicked. Raises ``ValueError`` on an item off the page, a
     duplicate, a rating or a positive consumption on an unclicked item, or an out-of-range value.
+    Without ``ratings`` (a world of implicit feedback) stars in the reply are ignored.
     """
     _check_positions([d.item for d in reply.items], k)
     clicked = np.zeros(k, dtype=bool)
@@ -384,13 +398,14 @@ def decision_to_arrays(reply: SlateDecision, k: int) -> tuple[np.ndarray, np.nda
             continue
         clicked[j] = True
         consumption[j] = c
-        if d.rating is not None:
+        if d.rating is not None and ratings:
             rating[j] = float(d.rating)
     return clicked, rating, consumption, bool(reply.leave)
 
 
-def judge_to_arrays(reply: JudgeReply, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """``(watch (k,) bool, rating (k,) float32)``; every item 1..k must be judged exactly once."""
+def judge_to_arrays(reply: JudgeReply, k: int, ratings: bool = True) -> tuple[np.ndarray, np.ndarray]:
+    """``(watch (k,) bool, rating (k,) float32)``; every item 1..k must be judged exactly once, with whole
+    stars unless the world has no ``ratings`` (its ratings are then NaN)."""
     _check_positions([j.item for j in reply.items], k)
     if len(reply.items) != k:
         missing = sorted(set(range(1, k + 1)) - {j.item for j in reply.items})
@@ -398,9 +413,11 @@ def judge_to_arrays(reply: JudgeReply, k: int) -> tuple[np.ndarray, np.ndarray]:
     watch = np.zeros(k, dtype=bool)
     rating = np.full(k, np.nan, dtype=np.float32)
     for j in reply.items:
+        watch[j.item - 1] = bool(j.watch)
+        if not ratings:
+            continue
         if not (isinstance(j.rating, int) and 1 <= j.rating <= 5):
             raise ValueError(f"item {j.item}: rating must be whole stars 1-5, got {j.rating}")
-        watch[j.item - 1] = bool(j.watch)
         rating[j.item - 1] = float(j.rating)
     return watch, rating
 
