@@ -184,7 +184,8 @@ def main() -> None:
             f = r["fidelity"]
             m = f["embedded"]
             print(f"fidelity harness on {r['shape']} {r['size']} ({f['max_users']} users, 1 seed): {f['seconds']} s; "
-                  + ", ".join(f"{k} {m[k]:.3f}" for k in ("acc@1:1", "rmse", "tv", "pop_spearman", "activity_ks")
+                  + ", ".join(f"{k} {m[k]:.3f}" for k in ("acc@1:1", "rmse", "tv", "pop_spearman", "pop_curve", "pop_choice_curve",
+                                            "activity_ks", "activity_ks_matched")
                               if m.get(k) is not None))
     if a.json:
         a.json.parent.mkdir(parents=True, exist_ok=True)

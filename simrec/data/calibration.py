@@ -16,12 +16,15 @@ What is estimated, and how it maps onto the embedded model (``simrec.cognition.e
   implicit logs: how popular the user's items are), ``diversity`` from the entropy of the user's
   genres, ``pickiness`` from how far below the items' means the user rates, ``patience`` from the
   user's average session length (interactions less than an hour apart).
+  Each percentile is shrunk toward 0.5 by the statistic's reliability (:func:`trait_percentiles`), so
+  users who differ only by sampling noise are not ranked.
 * **Choice** (watch / no watch): a logistic factor model fitted to the train interactions against
   every unobserved item (class-balanced per user) whose logit *is* the embedded model's
   ``utility - no-click utility`` for a fresh user: ``affinity * <taste, f>`` over the choice
   dimensions plus the model's fixed quality, popularity x conformity, novelty and no-click terms.
   Item choice features are ``[latent factors, genre shares, 1]``; taste is kept unit-norm and
-  features inside [-1, 1], as the simulator requires. With ``watch_recency`` a user's later train
+  features inside [-1, 1], as the simulator requires. On weighted logs (play counts) a pair weighs
+  ``1 + watch_confidence * ln(w)`` (log confidence). With ``watch_recency`` a user's later train
   interactions weigh more (their next choices look more like their latest ones). The all-negatives
   gradient is estimated each step from a few fresh unobserved items per positive (sampled evenly over
   the catalog) on minibatches, so time and memory grow with the log, never with users x items
@@ -34,7 +37,8 @@ What is estimated, and how it maps onto the embedded model (``simrec.cognition.e
   measure how later interactions differ (later items are less popular and rated lower); the
   decision threshold (via the negative class weight) and a rating offset are set from it, then
   everything is refitted on the whole train split.
-* **Persona descriptions** in plain language from the train history (template; an OpenAI-compatible
+* **Persona descriptions** in plain language from the train history, in the log's
+  :class:`~simrec.data.log.Vocabulary` (template; an OpenAI-compatible
   model may rewrite them, see :func:`enrich_descriptions`).
 
 ``world_from_config`` is the ``kind: movielens`` world builder used by ``simrec/MovieLens-v0``;
