@@ -29,15 +29,11 @@ import numpy as np
 from simrec.data.fidelity import (
     _activity_ks,
     matched_activity_ks,
+    popularity_class,
     popularity_measures,
     spearman,
+    split_half_reliability,
 )
-
-
-def split_half(counts: np.ndarray, rng: np.random.Generator) -> float:
-    a = rng.binomial(counts, 0.5)
-    r = spearman(a, counts - a)
-    return 2 * r / (1 + r) if r > 0 else float("nan")
 
 
 def popularity_rows(rng: np.random.Generator, n_items: int = 20_000) -> list[dict]:
@@ -53,7 +49,7 @@ def popularity_rows(rng: np.random.Generator, n_items: int = 20_000) -> list[dic
             sim = rng.multinomial(30_000, q / q.sum())
             m = popularity_measures(sim, real, train, rng)
             rho = spearman(sim, real)
-            rel = split_half(real, rng) * split_half(sim, rng)
+            rel = split_half_reliability(real, rng) * split_half_reliability(sim, rng)
             rows.append({"held_out": n_test, "simulator": name, "spearman": rho,
                          "spearman_corrected": rho / math.sqrt(rel) if rel > 0 else float("nan"),
                          "spearman_head": m["pop_spearman_head"], "pop_curve": m["pop_curve"],
@@ -99,7 +95,7 @@ def exposure_rows(data: str, split: str, implicit: float | None) -> list[dict]:
     free = choice_popularity(cog, pop, users, excluded)
     train = np.bincount(world.split.train.item, minlength=ni)
     real = np.bincount(ev.pos_item, minlength=ni).astype(float)
-    group = np.floor(np.log2(1 + train)).astype(int)
+    group = popularity_class(train)
     rows = []
     for g in range(group.max() + 1):
         m = group == g

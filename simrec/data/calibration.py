@@ -191,9 +191,14 @@ def trait_percentiles(x: np.ndarray, noise_var: np.ndarray | None = None) -> np.
     pct = percentile_ranks(x)
     if noise_var is None or x.size < 2:
         return pct
-    spread = float(x.var())
-    reliability = 0.0 if spread <= 0 else max(0.0, 1.0 - float(np.mean(noise_var)) / spread)
-    return 0.5 + reliability * (pct - 0.5)
+    return 0.5 + reliability(x, noise_var) * (pct - 0.5)
+
+
+def reliability(x: np.ndarray, noise_var: np.ndarray) -> float:
+    """``max(0, 1 - mean(noise_var) / var(x))``: the share of a statistic's spread across users that is
+    not sampling noise (0 when the values do not spread)."""
+    spread = float(np.var(x))
+    return 0.0 if spread <= 0 else max(0.0, 1.0 - float(np.mean(noise_var)) / spread)
 
 
 def _mean_and_noise(idx: np.ndarray, vals: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
@@ -315,8 +320,7 @@ def _statistics(train: InteractionLog, cfg: CalibrationConfig) -> _Stats:
     session_rate = np.ones(nu)
     if active.any():
         c = user_count[active]
-        rel = max(0.0, 1.0 - float(c.mean()) / float(c.var())) if c.var() > 0 else 0.0
-        session_rate[active] = 1.0 + rel * (c / c.mean() - 1.0)
+        session_rate[active] = 1.0 + reliability(c, c) * (c / c.mean() - 1.0)
     G = train.items.genre_matrix().astype(np.float64)
     share = _group_sum(u, G[i], nu)
     share /= np.maximum(share.sum(axis=1, keepdims=True), 1e-12)
@@ -641,8 +645,8 @@ def describe_user(log: InteractionLog, user: int, rows: np.ndarray, st: _Stats, 
         who.append(users.genders[user])
     occ = users.occupations[user]
     who.append(occ if occ and occ not in ("none", "other") else words.user)
-    distinct = np.unique(log.item[rows])
-    n = int(distinct.size) if counted else len(rows)
+    distinct = np.unique(log.item[rows]) if counted else None  # repeated plays of an item count once
+    n = int(distinct.size) if distinct is not None else len(rows)
     verb = "rated" if rated else words.did
     first = f"A {' '.join(who)} who has {verb} {n:,} {words.plural(n)} so far"
     if counted:
@@ -671,7 +675,7 @@ def describe_user(log: InteractionLog, user: int, rows: np.ndarray, st: _Stats, 
                 parts.append("Loved " + _join(loved) + ".")
             if hated:
                 parts.append("Disliked " + _join(hated) + ".")
-        elif counted:
+        elif distinct is not None:
             plays = np.bincount(np.searchsorted(distinct, log.item[rows]), log.weight[rows], distinct.size)
             best = np.argsort(-plays, kind="stable")[:max_titles]
             parts.append(f"Most {words.did}: " + _join([f"{titles[distinct[k]]} ({int(round(plays[k])):,} "

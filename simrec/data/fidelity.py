@@ -547,6 +547,11 @@ def split_half_reliability(counts: np.ndarray, rng: np.random.Generator) -> floa
     return 2 * r / (1 + r) if math.isfinite(r) and r > 0 else float("nan")
 
 
+def popularity_class(train_items: np.ndarray) -> np.ndarray:
+    """Each item's popularity class: its train interaction count in powers of two (0, 1-2, 3-6, 7-14, ...)."""
+    return np.floor(np.log2(1.0 + np.asarray(train_items, float))).astype(np.int64)
+
+
 def popularity_measures(sim_items: np.ndarray, real_items: np.ndarray, train_items: np.ndarray,
                         rng: np.random.Generator, min_count: int = 5) -> dict[str, float]:
     """Popularity agreement that stays valid when most items have zero or one held-out interaction.
@@ -568,7 +573,7 @@ def popularity_measures(sim_items: np.ndarray, real_items: np.ndarray, train_ite
     sim_items, real_items = np.asarray(sim_items, float), np.asarray(real_items, float)
     head = real_items >= min_count
     out = {"pop_spearman_head": spearman(sim_items[head], real_items[head]) if head.sum() >= 20 else float("nan")}
-    group = np.floor(np.log2(1.0 + np.asarray(train_items, float))).astype(np.int64)
+    group = popularity_class(train_items)
     s_g = np.bincount(group, sim_items, group.max() + 1)
     r_g = np.bincount(group, real_items, group.max() + 1)
     out["pop_curve"] = (1.0 - total_variation(s_g / s_g.sum(), r_g / r_g.sum())
