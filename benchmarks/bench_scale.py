@@ -96,8 +96,8 @@ def _fidelity(log, split, cal, sp, users: int) -> dict:
     from simrec.data.calibration import CalibratedWorld
     from simrec.data.fidelity import run_fidelity
 
-    world = CalibratedWorld(cal.catalog, cal.personas, log=log, split=split, user_index=cal.user_index,
-                            report=cal.report)
+    world = CalibratedWorld(cal.catalog, cal.personas, cal.transitions, cal.choice, log=log, split=split,
+                            user_index=cal.user_index, report=cal.report)
     t = time.perf_counter()
     res = run_fidelity(sp, config={"seeds": [0], "max_users": users}, baselines=True, worlds={0: world})
     s = res.summary()

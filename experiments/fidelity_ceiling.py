@@ -242,9 +242,9 @@ def main() -> None:
     markov_name = "Markov (last 20 items)" if train.timed else "Markov (last 20 items, row order: no timestamps)"
     scores[markov_name], mk_mean, mk_std = at_pairs(markov_rows(tu[inpop], ti[inpop], train.timestamp[inpop],
                                                                 nu, ni), u, ip, ineg)
-    pop = Population(world.catalog, world.personas, None, 5)
+    pop = Population(world.catalog, world.personas, None, 5, transitions=world.transitions)
     pop.reset(np.random.default_rng(args.seed))
-    cog = EmbeddedCognition(spec.choice)
+    cog = EmbeddedCognition(spec.for_world(world).choice)  # the world's temperature and sequence weight
     # whole-catalog rows rather than (B, 2) slates: the batched product's rounding depends on the slate
     # shape, and full rows keep the values the users x items matrix had, bit for bit (8 rows: ~50 MB)
     util, _, _ = at_pairs(lambda us: cog.utilities(pop, us, np.broadcast_to(np.arange(ni), (us.size, ni))),

@@ -84,9 +84,9 @@ def exposure_rows(data: str, split: str, implicit: float | None) -> list[dict]:
     spec = EnvSpec.builtin("movielens-v0").with_overrides(world=over)
     world = build_calibrated_world(movielens_settings(spec.world), seed=0, choice=spec.choice)
     ev = build_eval_set(world, FidelityConfig(), np.random.default_rng([0, 101]))
-    pop = Population(world.catalog, world.personas, None, 5)
+    pop = Population(world.catalog, world.personas, None, 5, transitions=world.transitions)
     pop.reset(np.random.default_rng(0))
-    cog = EmbeddedCognition(spec.choice)
+    cog = EmbeddedCognition(spec.for_world(world).choice)  # the world's temperature and sequence weight
     ni = len(world.catalog)
     users = ev.users[:: max(1, ev.users.size // 300)]
     util = cog.utilities(pop, users, np.broadcast_to(np.arange(ni), (users.size, ni)))

@@ -94,6 +94,11 @@ def _assert_same_world(a: CalibratedWorld, b: CalibratedWorld) -> None:
         assert np.array_equal(getattr(a.catalog, name), getattr(b.catalog, name)), name
     assert a.catalog.titles == b.catalog.titles and a.catalog.descriptions == b.catalog.descriptions
     assert a.personas.model_dump() == b.personas.model_dump()
+    assert a.choice == b.choice  # the calibrated temperature
+    assert (a.transitions is None) == (b.transitions is None)
+    if a.transitions is not None:  # order-aware short-term interest: fitted on train sequences only
+        assert np.array_equal(a.transitions.keys, b.transitions.keys)
+        assert np.array_equal(a.transitions.probs, b.transitions.probs) and a.transitions.weight == b.transitions.weight
     assert _prompts(a) == _prompts(b)
 
 

@@ -237,8 +237,7 @@ def test_fidelity_command_over_ray_writes_what_the_plain_command_writes(ray_loca
     seq, dist = (json.loads((tmp_path / f).read_text()) for f in ("seq.json", "ray.json"))
     assert same(dist["results"], seq["results"]) and dist["seeds"] == [0, 1]
     assert dist["info"]["distributed"]["workers"] == 2 and "--ray" in dist["info"]["command"]
-    assert main(base + ["--ray", "--resume", "--journal", str(tmp_path / "j")]) == 2
-    assert "do not combine with --ray" in capsys.readouterr().err
+    # --ray --resume/--journal: tests/test_distributed_resume.py
 
 
 def test_population_shards_do_not_depend_on_the_workers(ray_local, tmp_path):

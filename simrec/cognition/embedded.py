@@ -25,6 +25,8 @@ from pydantic import BaseModel, ConfigDict, Field
 from simrec.cognition.base import SOURCE_EMBEDDED, JudgeBatch, ResponseBatch
 from simrec.users.state import rows
 
+_add_reduce = np.add.reduce  # .sum() without its Python-level wrapper (the same pairwise sum)
+
 if TYPE_CHECKING:
     from simrec.catalog import Catalog
     from simrec.users.population import Population
@@ -40,9 +42,14 @@ class ChoiceConfig(BaseModel):
     conformity: float = Field(1.0, description="Weight of popularity, scaled by the conformity trait.")
     novelty: float = Field(1.0, description="Weight of topic novelty, signed by the diversity trait.")
     boredom: float = Field(1.5, description="Weight of per-topic boredom.")
-    temperature: float = Field(1.0, gt=0)
+    temperature: float | None = Field(1.0, gt=0, description=(
+        "Scale of the multinomial logit (utility / temperature); None: the world's calibrated temperature "
+        "(calibration.fit_temperature; 1.0 for worlds without one)."))
     position_decay: float = Field(0.5, ge=0, description="Attention at position k is (k+1)**-position_decay.")
     no_click: float = Field(0.5, description="Base utility of choosing nothing.")
+    sequence: float | None = Field(None, ge=0, description=(
+        "Weight of order-aware short-term interest (simrec.users.transitions) in the utility; None: the weight "
+        "the world was calibrated with (worlds without transitions have none)."))
     no_click_pickiness: float = 1.5
     no_click_fatigue: float = 2.0
     consumption_scale: float = Field(1.5, gt=0)
@@ -68,10 +75,27 @@ class EmbeddedCognition:
 
     def __init__(self, config: ChoiceConfig | dict | None = None) -> None:
         self.config = config if isinstance(config, ChoiceConfig) else ChoiceConfig(**(config or {}))
+        if self.config.temperature is None:  # a spec not resolved against its world (EnvSpec.for_world)
+            self.config = self.config.model_copy(update={"temperature": 1.0})
         self._logpos = -self.config.position_decay * np.log1p(np.arange(256, dtype=np.float32))
         self._logpos_list = self._logpos.tolist()
         self._blocks: dict[int, np.ndarray] = {}
         self.calls = 0
+        # Single-user path: a ufunc takes a 0-d float32 array about twice as fast as a Python float, and
+        # gives the same result (a Python float is cast to float32 first), so constants are cast once and
+        # per-call scalars go through the scratch ``_s``.
+        f32 = np.float32
+        self._c_affinity = np.array(self.config.affinity, f32)
+        self._c_neg_boredom = np.array(-self.config.boredom, f32)
+        self._s = np.zeros((), f32)
+        self._w: dict[tuple[int, int], tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
+        self._inv_t = 1.0 / self.config.temperature
+        c = self.config  # and the single-user path's other scalars, read once (pydantic attribute reads are slow)
+        self._p_one = (c.novelty, c.conformity, c.rating_dims, c.rating_noise, c.consumption_scale, c.rate_prob)
+        self._c_no_click = (c.no_click, c.no_click_pickiness, c.no_click_fatigue)
+        self._c_rating = (c.rating_conformity, c.rating_dims, c.rating_scale, c.rating_pickiness)
+        self._c_leave = (c.leave_base, c.leave_fatigue, c.leave_satisfaction, c.leave_no_click)
+        self._sequence = c.sequence
 
     # -- model pieces (public so analysis and fidelity can use them) ----------------------------
     # ``users`` may be an index array or a ``slice`` (the single-user env passes ``slice(u, u + 1)``
@@ -112,7 +136,18 @@ class EmbeddedCognition:
         self._last_block = blk  # decide() hands it on, so the simulator need not gather it again
         u = np.matmul(blk, w)[:, :, 0]
         u += nov[:, None]
+        if pop.transitions is not None:
+            ws = self.sequence_weight(pop)
+            if ws:
+                u += ws * pop.transitions.scores(rows(pop.state.recent, users), slates).astype(np.float32)
         return u
+
+    def sequence_weight(self, pop: "Population") -> float:
+        """The weight of the order-aware sequence term in ``pop``'s world (0 without transitions)."""
+        tr = pop.transitions
+        if tr is None:
+            return 0.0
+        return tr.weight if self._sequence is None else self._sequence
 
     def utilities_one(self, pop: "Population", u: int, slate: np.ndarray) -> np.ndarray:
         """:meth:`utilities` for one user, ``(K,)`` (the single env's fast path)."""
@@ -121,43 +156,67 @@ class EmbeddedCognition:
 
     def _utilities_one(self, pop: "Population", u: int, slate: np.ndarray, conformity: float,
                        diversity: float) -> np.ndarray:
-        c = self.config
-        taste = pop.state.taste[u]
+        novelty, conformity_w, rating_dims = self._p_one[:3]
+        state = pop.state
+        taste = state.taste[u]
         d = taste.size
-        nov = c.novelty * (2.0 * diversity - 1.0)
+        nov = novelty * (2.0 * diversity - 1.0)
         tc = pop.memory.topic_consumed[u]
-        w = np.empty(d + 2 + tc.size, dtype=np.float32)
-        np.multiply(taste, c.affinity, out=w[:d])
-        if c.rating_dims:
-            w[d - c.rating_dims:d] = 0.0
-        w[d] = c.quality
-        w[d + 1] = c.conformity * conformity
-        wb = w[d + 2:]
-        np.multiply(pop.state.boredom[u], -c.boredom, out=wb)
-        # np.add.reduce is tc.sum() without the Python-level wrapper (same pairwise sum)
-        wb -= tc * (nov / max(float(np.add.reduce(tc)), 1e-6))
-        blk = self.item_block(pop.catalog).take(slate, axis=0)
-        self._last_block = blk
-        out = blk @ w
-        out += nov
+        w, wt, wb = self._weights(d, tc.size)
+        np.multiply(taste, self._c_affinity, out=wt)
+        if rating_dims:
+            w[d - rating_dims:d] = 0.0
+        w[d + 1] = conformity_w * conformity
+        np.multiply(state.boredom[u], self._c_neg_boredom, out=wb)
+        s = self._s
+        total = float(_add_reduce(tc))
+        s[...] = nov / (1e-6 if 1e-6 > total else total)  # max(total, 1e-6) without the builtin call
+        wb -= tc * s
+        blk = self._blocks.get(id(pop.catalog))
+        if blk is None:
+            blk = self.item_block(pop.catalog)
+        blk = blk.take(slate, axis=0)
+        self._last_block, self._topic_col = blk, d + 2  # the block's topic columns start at d + 2
+        out = blk.dot(w)  # .dot: the same BLAS product as @, with less call overhead
+        s[...] = nov
+        out += s
+        if pop.transitions is not None:  # order-aware short-term interest, as in utilities()
+            ws = self.sequence_weight(pop)
+            if ws:
+                out += ws * pop.transitions.scores(state.recent[u:u + 1], slate[None, :])[0].astype(np.float32)
         return out
 
+    def __getstate__(self) -> dict:
+        # _w holds views of its buffers, which a copy or pickle would turn into independent arrays
+        return {**self.__dict__, "_w": {}}
+
+    def _weights(self, d: int, n_topics: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """_utilities_one's weight vector (reused: it never leaves the call) and its taste and topic parts;
+        the quality weight is set once."""
+        w = self._w.get((d, n_topics))
+        if w is None:
+            v = np.empty(d + 2 + n_topics, dtype=np.float32)
+            v[d] = self.config.quality
+            w = self._w[d, n_topics] = (v, v[:d], v[d + 2:])
+        return w
+
     # Formulas shared by the batched and the single-user path (work on floats and arrays alike).
+    # Their coefficients are read from the config once, in __init__ (a pydantic attribute read is slow).
     def no_click_utility(self, pickiness, fatigue):
-        c = self.config
-        return c.no_click + c.no_click_pickiness * (pickiness - 0.5) + c.no_click_fatigue * fatigue
+        base, w_pickiness, w_fatigue = self._c_no_click
+        return base + w_pickiness * (pickiness - 0.5) + w_fatigue * fatigue
 
     def latent_rating(self, util, bias, pickiness, conformity, quality):
-        c = self.config
-        w = c.rating_conformity * conformity
-        base = 1.0 + 4.0 * quality if c.rating_dims else 3.0
-        own = base + c.rating_scale * util + bias + c.rating_pickiness * (0.5 - pickiness)
+        rating_conformity, rating_dims, rating_scale, rating_pickiness = self._c_rating
+        w = rating_conformity * conformity
+        base = 1.0 + 4.0 * quality if rating_dims else 3.0
+        own = base + rating_scale * util + bias + rating_pickiness * (0.5 - pickiness)
         return (1.0 - w) * own + w * (1.0 + 4.0 * quality)
 
     def leave_logit(self, fatigue, patience, satisfaction, no_click):
-        c = self.config
-        return (c.leave_base + c.leave_fatigue * (fatigue - 0.35 - 0.5 * patience)
-                - c.leave_satisfaction * satisfaction + c.leave_no_click * no_click)
+        base, w_fatigue, w_satisfaction, w_no_click = self._c_leave
+        return (base + w_fatigue * (fatigue - 0.35 - 0.5 * patience)
+                - w_satisfaction * satisfaction + w_no_click * no_click)
 
     def ratings(self, pop: "Population", users: np.ndarray | slice, slates: np.ndarray, util: np.ndarray,
                 rng: np.random.Generator | None) -> np.ndarray:
@@ -224,16 +283,37 @@ class EmbeddedCognition:
         ``meta`` also carries what the simulator's fast path needs as Python scalars: ``choice`` (slate
         position, ``K`` for nothing), ``choice_consumption`` and ``choice_rating`` (NaN when not rated) of
         that position, and ``best_utility``, the slate's highest utility."""
-        c = self.config
+        choice, cons, stars, leave, best, shown, _, _ = self._decide_scalars(pop, u, slate, rng)
+        K = slate.size
+        clicked = np.zeros((1, K), dtype=bool)
+        consumption = np.zeros((1, K), dtype=np.float32)
+        rating = np.empty((1, K), dtype=np.float32)
+        rating.fill(np.nan)
+        if choice < K:
+            clicked[0, choice] = True
+            consumption[0, choice] = cons
+            rating[0, choice] = stars
+        return ResponseBatch(clicked, rating, consumption, np.array([leave]), np.zeros(1, np.int8), meta={
+            "utility": self._last_util[None, :], "choice": choice, "shown_topics": shown, "best_utility": best,
+            "choice_consumption": cons, "choice_rating": stars})
+
+    def _decide_scalars(self, pop: "Population", u: int, slate: np.ndarray,
+                        rng: np.random.Generator) -> tuple:
+        """:meth:`decide_one`'s work without building the response arrays: ``(choice, consumption, stars,
+        leave, best_utility, shown_topics, features, topics)``, consumption the float32 value (0.0 without a
+        click), stars NaN when not rated, ``features`` and ``topics`` the chosen item's rows of the catalog's
+        feature and topic-weight arrays (views of the slate's block, None without a click). The single env's
+        fast path calls this directly."""
+        _, _, rating_dims, rating_noise, consumption_scale, rate_prob = self._p_one
         K = slate.size
         self.calls += 1
         _, conformity, diversity, patience, pickiness = pop.traits[u].tolist()
-        util = self._utilities_one(pop, u, slate, conformity, diversity)
+        util = self._last_util = self._utilities_one(pop, u, slate, conformity, diversity)
         ut = util.tolist()
         state = pop.state
         fatigue = state.fatigue.item(u)
         noise = rng.random(K + 4).tolist()  # the same stream as decide()'s (1, K + 4) draw
-        inv_t = 1.0 / c.temperature
+        inv_t = self._inv_t
         lp = self._logpos_list
         log = math.log
         choice, best = K, self.no_click_utility(pickiness, fatigue) * inv_t - log(-log(noise[K]))
@@ -243,38 +323,37 @@ class EmbeddedCognition:
                 choice, best = k, z
         hit = choice < K
         # the rating noise is drawn on every step, as decide() does, whether or not a rating comes of it
-        z = float(rng.standard_normal(dtype=np.float32)) if c.rating_noise > 0 else 0.0  # size=None: as size=1
-        clicked = np.zeros((1, K), dtype=bool)
-        consumption = np.zeros((1, K), dtype=np.float32)
-        rating = np.empty((1, K), dtype=np.float32)
-        rating.fill(np.nan)
+        z = float(rng.standard_normal(dtype=np.float32)) if rating_noise > 0 else 0.0  # size=None: as size=1
         cons, stars = 0.0, math.nan
         if hit:
             uc = ut[choice]
-            clicked[0, choice] = True
             e = log(noise[K + 1]) - math.log1p(-noise[K + 1])  # logistic noise
-            consumption[0, choice] = 1.0 / (1.0 + math.exp(-(c.consumption_scale * uc + e)))
-            cons = consumption.item(choice)  # the float32 value the batched path sees
-            if noise[K + 2] < c.rate_prob:
+            s = self._s
+            s[...] = 1.0 / (1.0 + math.exp(-(consumption_scale * uc + e)))
+            cons = s.item()  # the float32 value the batched path sees
+            if noise[K + 2] < rate_prob:
                 item = slate.item(choice)
                 ur = uc
-                if c.rating_dims:
+                if rating_dims:
                     d = pop.catalog.dim
-                    ur = c.affinity * float(pop.catalog.features[item, d - c.rating_dims:] @ state.taste[u, d - c.rating_dims:])
+                    ur = self.config.affinity * float(pop.catalog.features[item, d - rating_dims:].dot(state.taste[u, d - rating_dims:]))
                 latent = self.latent_rating(ur, pop.rating_bias.item(u), pickiness, conformity,
                                             pop.catalog.quality.item(item))
-                if c.rating_noise > 0:
-                    latent += c.rating_noise * z
-                # round() halves to even, as np.rint (which also takes NaN and inf)
-                stars = min(max(float(round(latent) if -1e15 < latent < 1e15 else np.rint(latent)), 1.0), 5.0)
-                rating[0, choice] = stars
+                if rating_noise > 0:
+                    latent += rating_noise * z
+                # round() halves to even, as np.rint (which also takes NaN and inf); then clipped to [1, 5]
+                stars = float(round(latent) if -1e15 < latent < 1e15 else np.rint(latent))
+                stars = 1.0 if 1.0 > stars else stars
+                stars = 5.0 if 5.0 < stars else stars
         logit = self.leave_logit(fatigue, patience, state.satisfaction.item(u), not hit)
-        leave = np.array([noise[K + 3] * (1.0 + math.exp(-logit)) < 1.0])
-        # axis-0 sum of the slate's topic columns (np.add.reduce: .sum without its wrapper)
-        shown = np.add.reduce(self._last_block[:, self._last_block.shape[1] - pop.catalog.n_topics:], axis=0)
-        return ResponseBatch(clicked, rating, consumption, leave, np.zeros(1, np.int8), meta={
-            "utility": util[None, :], "choice": choice, "shown_topics": shown, "best_utility": max(ut),
-            "choice_consumption": cons, "choice_rating": stars})
+        leave = noise[K + 3] * (1.0 + math.exp(-logit)) < 1.0
+        # axis-0 sum of the slate's topic columns
+        blk, col = self._last_block, self._topic_col
+        shown = _add_reduce(blk[:, col:], axis=0)
+        if hit:  # the chosen item's rows, from the block just read (catalog features, topic weights)
+            row = blk[choice]
+            return choice, cons, stars, leave, max(ut), shown, row[:col - 2], row[col:]
+        return choice, cons, stars, leave, max(ut), shown, None, None
 
     def judge(self, pop: "Population", users: np.ndarray, items: np.ndarray,
               rng: np.random.Generator) -> JudgeBatch:

@@ -37,6 +37,12 @@ What is estimated, and how it maps onto the embedded model (``simrec.cognition.e
   measure how later interactions differ (later items are less popular and rated lower); the
   decision threshold (via the negative class weight) and a rating offset are set from it, then
   everything is refitted on the whole train split.
+* **Order and choice scale** (also on the validation slice): on a timed log, what followed each item
+  in the users' train sequences (:class:`~simrec.users.transitions.Transitions`, the simulated user's
+  order-aware short-term interest), with its utility weight, and the temperature of the choice model's
+  multinomial logit, chosen together as the values under which the held-back items are the most likely
+  free choices from the user's unseen items (:func:`_fit_choice`); the weight stays 0 when order does not
+  make them likelier. Personas keep their last train items as ``recent_items``.
 * **Persona descriptions** in plain language from the train history, in the log's
   :class:`~simrec.data.log.Vocabulary` (template; an OpenAI-compatible
   model may rewrite them, see :func:`enrich_descriptions`).
@@ -78,12 +84,13 @@ from simrec.data.implicit import ImplicitConfig, to_implicit
 from simrec.data.pairs import PairSet
 from simrec.errors import ConfigError, format_validation_error
 from simrec.users.persona import Persona, PersonaPack, Traits
+from simrec.users.transitions import Transitions
 from simrec.users.world import World
 
 DEFAULT_DATA_DIR = "../shared/datasets/ml-100k"
 SESSION_GAP_S = 3600
 #: Bump when :func:`calibrate` gives a different world for the same inputs (invalidates on-disk caches).
-CALIBRATION_VERSION = 3
+CALIBRATION_VERSION = 4
 
 logger = logging.getLogger(__name__)
 
@@ -134,6 +141,20 @@ class CalibrationConfig(BaseModel):
     describe: Literal["template", "llm"] = "template"
     describe_llm: dict[str, Any] = Field(default_factory=dict, description="base_url, model, api_key, ... for 'llm'.")
     max_history_titles: int = Field(3, ge=0)
+    sequence: bool = Field(True, description=(
+        "Timed logs: fit order-aware short-term interest (simrec.users.transitions: what followed the user's "
+        "recent items in the train sequences) and pick its utility weight on the validation slice (0 when it "
+        "does not help there). Logs without timestamps have no order and never get one."))
+    sequence_window: int = Field(20, ge=1, description="Steps within which a later item counts as following one.")
+    sequence_top: int = Field(100, ge=1, description="Successors kept per item (the model holds n_items x this).")
+    sequence_recent: int = Field(10, ge=1, description="Recent items a simulated user keeps for the sequence score.")
+    sequence_decay: float = Field(0.7, gt=0, le=1, description="Weight of each older recent item, per step back.")
+    fit_temperature: bool = Field(True, description=(
+        "Set the choice temperature from the validation slice (the multinomial-logit scale under which the "
+        "held-back items are most likely; see the report's 'temperature'); the spec's choice.temperature must "
+        "be null for the world's value to be used."))
+    sequence_max_pairs: int = Field(20_000_000, ge=1, description=(
+        "At most this many (item, later item) pairs are counted: long logs get a shorter window."))
 
 
 @dataclass
@@ -144,6 +165,8 @@ class Calibration:
     personas: PersonaPack
     user_index: np.ndarray  # population index -> log user index
     report: dict[str, Any] = field(default_factory=dict)
+    transitions: Transitions | None = None  # order-aware short-term interest (timed logs)
+    choice: dict[str, float] = field(default_factory=dict)  # calibrated choice settings (temperature)
 
 
 @dataclass(frozen=True)
@@ -571,14 +594,18 @@ def _watch_logits(fit: _WatchFit, st: _Stats, choice: ChoiceConfig, u: np.ndarra
 
 
 def _best_shift(fit: _WatchFit, st: _Stats, choice: ChoiceConfig, fit_log: InteractionLog, val: InteractionLog,
-                rng: np.random.Generator) -> tuple[float, float]:
-    """The logit shift that maximises per-user 1:1 accuracy on the validation slice, and that accuracy."""
+                rng: np.random.Generator,
+                extra: Callable[[np.ndarray, np.ndarray], np.ndarray] | None = None) -> tuple[float, float]:
+    """The logit shift that maximises per-user 1:1 accuracy on the validation slice, and that accuracy
+    (``extra(users, items)``, when given, is added to the logits: the sequence term)."""
     ni = val.n_items
     u, i = val.user.astype(np.int64), val.item.astype(np.int64)
     seen = PairSet(np.concatenate([fit_log.user, u]), np.concatenate([fit_log.item, i]), ni)
     neg = seen.draw_unseen(u, rng, tries=50)
     lp = _watch_logits(fit, st, choice, u, i)
     ln = _watch_logits(fit, st, choice, u, neg)
+    if extra is not None:
+        lp, ln = lp + extra(u, i), ln + extra(u, neg)
     n_u = np.bincount(u, minlength=val.n_users)
     has = n_u > 0
     best, best_acc = 0.0, -1.0
@@ -588,6 +615,86 @@ def _best_shift(fit: _WatchFit, st: _Stats, choice: ChoiceConfig, fit_log: Inter
         if a > best_acc + 1e-9 or (abs(a - best_acc) <= 1e-9 and abs(shift) < abs(best)):
             best, best_acc = float(shift), a
     return best, best_acc
+
+
+SEQUENCE_WEIGHTS = (0.0, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0)
+
+
+def _fit_transitions(log: InteractionLog, cfg: CalibrationConfig, weight: float) -> tuple[Transitions, list[np.ndarray]]:
+    """The sequence model of ``log`` (each user's items in time order) and those sequences."""
+    order = log.chronological_order()
+    counts = np.bincount(log.user, minlength=log.n_users)
+    seqs = np.split(log.item[order].astype(np.int64), np.cumsum(counts)[:-1])
+    window = max(1, min(cfg.sequence_window, cfg.sequence_max_pairs // max(len(log), 1)))
+    return Transitions.fit(seqs, log.n_items, window=window, top=cfg.sequence_top, weight=weight,
+                           decay=cfg.sequence_decay, recent=cfg.sequence_recent), seqs
+
+
+CHOICE_SCALES = tuple(round(x, 2) for x in np.arange(0.3, 1.51, 0.1))
+
+
+def _fit_choice(fit: _WatchFit, st: _Stats, choice: ChoiceConfig, fit_log: InteractionLog, val: InteractionLog,
+                trans: Transitions | None, recent: np.ndarray | None, rng: np.random.Generator,
+                exact_items: int = 4096, sample_items: int = 2048, max_users: int = 5_000,
+                chunk: int = 256) -> tuple[float, float, dict[str, float]]:
+    """The sequence weight and the choice temperature under which the validation slice is most likely.
+
+    The embedded model's free choice is a multinomial logit over ``utility / temperature``; each held-back
+    item is a choice from every item its user had not interacted with in ``fit_log`` (``recent``: the end
+    of ``fit_log``, every user's recent items). The mean log-likelihood is maximised over the sequence
+    weights in :data:`SEQUENCE_WEIGHTS` (0 only without ``trans``) and the scales ``1 / temperature`` in
+    :data:`CHOICE_SCALES`. Catalogs past ``exact_items`` items estimate each user's normaliser from
+    ``sample_items`` uniformly drawn items; at most ``max_users`` users enter. Returns the weight, the
+    temperature and the log-likelihood of the best scale at each weight."""
+    users = np.flatnonzero(np.bincount(val.user, minlength=val.n_users))
+    if users.size > max_users:
+        users = np.sort(rng.choice(users, max_users, replace=False))
+    ni = val.n_items
+    seen = PairSet(fit_log.user, fit_log.item, ni)
+    weights = SEQUENCE_WEIGHTS if trans is not None else (0.0,)
+    scales = np.asarray(CHOICE_SCALES)
+    # per (weight, scale): sum over positives of a * s_pos, and of each positive's user's log normaliser
+    pos_sum = np.zeros((len(weights), scales.size))
+    lse_sum = np.zeros((len(weights), scales.size))
+    n_pos = 0
+    vu, vi = val.user.astype(np.int64), val.item.astype(np.int64)
+    order = np.argsort(vu, kind="stable")
+    vu, vi = vu[order], vi[order]
+    starts, ends = np.searchsorted(vu, users), np.searchsorted(vu, users, side="right")
+    n_seen = np.bincount(seen.keys // ni, minlength=val.n_users)  # distinct items per user in fit_log
+    for c in range(0, users.size, chunk):
+        u = users[c:c + chunk]
+        items = np.arange(ni) if ni <= exact_items else np.sort(rng.choice(ni, sample_items, replace=False))
+        U, M = u.size, items.size
+        logit = _watch_logits(fit, st, choice, np.repeat(u, M), np.tile(items, U)).reshape(U, M)
+        unseen = ~seen.contains_keys(u[:, None] * ni + items[None, :])
+        # the sampled unseen items stand for all of the user's unseen items, in proportion
+        log_ratio = np.log(np.maximum(ni - n_seen[u], 1)) - np.log(np.maximum(unseen.sum(axis=1), 1))
+        seq_all = trans.scores(recent[u], np.broadcast_to(items, (U, M))) if trans is not None else None
+        idx = np.concatenate([np.arange(a_, b_) for a_, b_ in zip(starts[c:c + chunk], ends[c:c + chunk])])
+        owner = np.repeat(np.arange(U), ends[c:c + chunk] - starts[c:c + chunk])  # row of each positive's user
+        pu, pi = vu[idx], vi[idx]
+        lp = _watch_logits(fit, st, choice, pu, pi)
+        sp = trans.scores(recent[pu], pi[:, None])[:, 0] if trans is not None else None
+        n_pos += pu.size
+        for a_w, w in enumerate(weights):
+            z = logit + w * seq_all if w else logit
+            zp = lp + w * sp if w else lp
+            zmax = np.where(unseen, z, -np.inf).max(axis=1, keepdims=True)
+            for a_s, a in enumerate(scales):
+                e = np.where(unseen, np.exp(a * (z - zmax)), 0.0).sum(axis=1)
+                lse = a * zmax[:, 0] + np.log(np.maximum(e, 1e-300)) + log_ratio
+                pos_sum[a_w, a_s] += a * zp.sum()
+                lse_sum[a_w, a_s] += lse[owner].sum()
+    ll = (pos_sum - lse_sum) / max(n_pos, 1)
+    best_per_weight = ll.max(axis=1)
+    table = {f"{w:g}": round(float(v), 5) for w, v in zip(weights, best_per_weight)}
+    k = 0
+    for j in range(1, len(weights)):  # a larger weight must beat the best smaller one clearly
+        if best_per_weight[j] > best_per_weight[k] + 1e-3:
+            k = j
+    scale = float(scales[int(np.argmax(ll[k]))])
+    return float(weights[k]), round(1.0 / scale, 4), table
 
 
 def _best_noise(pred: np.ndarray, real: np.ndarray, seed: int) -> float:
@@ -774,13 +881,26 @@ def calibrate(train: InteractionLog, config: CalibrationConfig | dict | None = N
     scale = ch.affinity * a_c
     st = _statistics(train, cfg)
 
-    neg_weight, offset = 1.0, 0.0
+    neg_weight, offset, seq_weight = 1.0, 0.0, 0.0
     if cfg.validate_split:
         inner = split_log(train, (validation or SplitConfig()).model_copy(update={"seed": seed}))
         if len(inner.test) and len(inner.train):
             st_in = _statistics(inner.train, cfg)
             wf, rf = _fit_all(inner.train, st_in, ch, cfg, scale, 1.0, seed + 7919)
-            shift, val_acc = _best_shift(wf, st_in, ch, inner.train, inner.test, np.random.default_rng([seed, 3]))
+            extra, tr_in, rec_in = None, None, None
+            if cfg.sequence and train.timed:
+                tr_in, seqs_in = _fit_transitions(inner.train, cfg, 1.0)
+                rec_in = tr_in.recent_of(seqs_in)
+            if cfg.fit_temperature or tr_in is not None:
+                seq_weight, temperature, report["validation_choice_loglik"] = _fit_choice(
+                    wf, st_in, ch, inner.train, inner.test, tr_in, rec_in, np.random.default_rng([seed, 5]))
+                report["sequence_weight"] = seq_weight
+                if cfg.fit_temperature:
+                    report["temperature"] = temperature
+                if seq_weight > 0:
+                    extra = lambda uu, ii: seq_weight * tr_in.scores(rec_in[uu], ii[:, None])[:, 0]  # noqa: E731
+            shift, val_acc = _best_shift(wf, st_in, ch, inner.train, inner.test, np.random.default_rng([seed, 3]),
+                                         extra)
             neg_weight = math.exp(-shift)
             report["validation_logit_shift"] = shift
             report["validation_accuracy"] = val_acc
@@ -821,6 +941,11 @@ def calibrate(train: InteractionLog, config: CalibrationConfig | dict | None = N
     bias = np.clip(bias, -3.0, 3.0)
 
     catalog = _build_catalog(train, st, features)
+    transitions, recent = None, None
+    if seq_weight > 0:
+        transitions, seqs = _fit_transitions(train, cfg, seq_weight)
+        recent = transitions.recent_of(seqs)
+        report["sequence_pairs"] = len(transitions)
     order = train.chronological_order()
     counts = np.bincount(train.user, minlength=nu)
     starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
@@ -843,6 +968,7 @@ def calibrate(train: InteractionLog, config: CalibrationConfig | dict | None = N
                                                                       "patience", "pickiness"), tr)}),
             interests=interests, taste=[float(x) for x in taste[uidx].astype(np.float32)],
             rating_bias=float(bias[uidx]), session_rate=round(float(st.session_rate[uidx]), 6),
+            recent_items=None if recent is None else [int(x) for x in recent[uidx] if x >= 0],
         ))
     pack = PersonaPack(name=f"{train.name.split('/')[0]}-calibrated",
                        description=f"{len(personas)} personas calibrated from {train.summary()} (seed {seed}).",
@@ -855,7 +981,8 @@ def calibrate(train: InteractionLog, config: CalibrationConfig | dict | None = N
             complete = openai_completer(**cfg.describe_llm)
         pack = enrich_descriptions(pack, complete)
     report["seconds"] = round(time.perf_counter() - t0, 2)
-    return Calibration(catalog, pack, keep.astype(np.int64), report)
+    choice_settings = {"temperature": report["temperature"]} if "temperature" in report else {}
+    return Calibration(catalog, pack, keep.astype(np.int64), report, transitions, choice_settings)
 
 
 def _shared_bias(train: InteractionLog, st: _Stats, ch: ChoiceConfig, features: np.ndarray,
@@ -986,7 +1113,7 @@ def build_calibrated_world(settings: MovieLensWorldConfig, seed: int = 0,
         cal = calibrate(split.train, settings.calibration, ch, seed=seed, validation=settings.split)
         if store is not None:
             store.save(key, cal)
-    return CalibratedWorld(cal.catalog, cal.personas, log=log, split=split, user_index=cal.user_index,
+    return CalibratedWorld(cal.catalog, cal.personas, cal.transitions, cal.choice, log=log, split=split, user_index=cal.user_index,
                            report={**cal.report, "split": split.summary(), "cache_key": key})
 
 
@@ -1001,6 +1128,8 @@ def save_calibration(world: CalibratedWorld, directory: str | Path) -> None:
     d.mkdir(parents=True, exist_ok=True)
     world.catalog.save(d / "catalog.json")
     world.personas.save(d / "personas.json")
+    if world.transitions is not None:
+        world.transitions.save(d / "transitions.npz")
     (d / "report.json").write_text(json.dumps(world.report, indent=1, default=str), encoding="utf-8")
 
 
@@ -1077,7 +1206,9 @@ class WorldCache:
                 raise ValueError(f"meta.json holds key {meta.get('key')!r}")
             cal = Calibration(Catalog.load(d / "catalog.json"), PersonaPack.load(d / "personas.json"),
                               np.asarray(meta["user_index"], dtype=np.int64),
-                              {**meta["report"], "cache": "hit", "cache_path": str(d)})
+                              {**meta["report"], "cache": "hit", "cache_path": str(d)},
+                              Transitions.load(d / "transitions.npz") if meta.get("transitions") else None,
+                              {k: float(v) for k, v in meta.get("choice", {}).items()})
             if len(cal.user_index) != len(cal.personas.personas):
                 raise ValueError("user_index and personas differ in length")
             return cal
@@ -1096,8 +1227,11 @@ class WorldCache:
             tmp.mkdir(parents=True, exist_ok=True)
             cal.catalog.save(tmp / "catalog.json")
             cal.personas.save(tmp / "personas.json")
+            if cal.transitions is not None:
+                cal.transitions.save(tmp / "transitions.npz")
             meta = {"key": key, "version": CALIBRATION_VERSION, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-                    "user_index": cal.user_index.tolist(), "report": cal.report}
+                    "user_index": cal.user_index.tolist(), "report": cal.report,
+                    "transitions": cal.transitions is not None, "choice": cal.choice}
             (tmp / "meta.json").write_text(json.dumps(meta, default=str), encoding="utf-8")
             try:
                 os.replace(tmp, final)

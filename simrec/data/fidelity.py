@@ -710,6 +710,7 @@ def run_fidelity(spec: EnvSpec | str | dict = "movielens-v0", backends: dict[str
         # the harness draws its own pages; a catalog smaller than the spec's candidate set is fine
         sp_w = sp if len(world.catalog) >= sp.num_candidates else sp.with_overrides(
             num_candidates=len(world.catalog), slate_size=min(sp.slate_size, len(world.catalog)))
+        sp_w = sp_w.for_world(world)  # the world's calibrated temperature and sequence weight
         for name, factory in backends.items():
             t1 = time.perf_counter()
             backend = factory(sp_w)

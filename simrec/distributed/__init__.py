@@ -5,7 +5,8 @@ Ray workers (or a process pool), each unit writing its own trajectory log, merge
 lost workers), ``units`` (what a unit returns, attempt directories), ``merge`` (deterministic merge of the
 units' logs, content digests, :func:`verify_log`), ``grid`` (:func:`run_grid` for ``simrec compare``,
 :func:`run_stress`, :func:`run_fidelity_seeds`), ``population`` (:func:`rollout_population`), ``cli``
-(``--ray``/``--workers``/``--ray-address`` of ``simrec compare`` and ``simrec stress run``).
+(``--ray``/``--workers``/``--ray-address`` of ``simrec compare``, ``simrec stress run`` and ``simrec fidelity``;
+they combine with ``--resume``: the grid functions take the commands' :class:`~simrec.resume.Journal`).
 This package may import ``simrec.stress``, ``simrec.evaluation`` and below; only the CLI and the facade
 import it. ``ray`` itself is imported inside functions, on first use, so simrec works without it.
 """

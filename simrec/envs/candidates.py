@@ -33,6 +33,7 @@ class CandidateGenerator:
         self._logpop = np.log(catalog.popularity.astype(np.float64) + 0.01)
         self._avail: np.ndarray | None = None  # catalog indices that may be drawn; None = all
         self._mask: np.ndarray | None = None
+        self._plain = self.config.kind == "uniform" and 2 * num_candidates <= self.n  # draws come from _draw_one's block
         self.reset()
 
     def reset(self) -> None:
@@ -84,6 +85,15 @@ class CandidateGenerator:
         start = rng.integers(0, self.n, size=(batch, 1))
         return np.take(perm, start + self._offsets)
 
+    def draw_one(self, rng: np.random.Generator) -> np.ndarray:
+        """``draw(rng, 1)``, the single env's per-step call: a buffered row of the current block is handed out
+        without the general dispatch; anything else (a new block, a mask, another kind) goes through it."""
+        i = self._row
+        if i < len(self._ok) and self._ok[i] and self._plain and self._avail is None:
+            self._row = i + 1
+            return self._rows[i:i + 1]
+        return self.draw(rng, 1)
+
     def _draw_masked(self, rng: np.random.Generator, batch: int) -> np.ndarray:
         avail = self._avail
         if self.config.kind == "popular_mix":
@@ -120,20 +130,27 @@ class CandidateGenerator:
     def _refill(self, rng: np.random.Generator, n: int, chunks: int = 64) -> None:
         """Draw the next block of chunks and keep, per chunk, its first ``k`` distinct values in order."""
         k, take = self.k, self.k + 8 + self.k // 4
-        block = rng.integers(0, n, size=(chunks, take))
-        # Sorting value * take + position puts each value's copies together, its first occurrence first;
-        # the few later copies are found from the sorted keys and struck out of an all-true mask.
-        srt = np.sort(block * take + np.arange(take), axis=1).ravel()
-        val = srt // take
-        again = np.flatnonzero(val[1:] == val[:-1]) + 1  # flat sorted index of a repeated value...
-        again = again[again % take != 0]  # ...within its own chunk (not the first key of the next one)
-        first = np.ones(block.size, dtype=bool)
-        first[again - again % take + (srt[again] - val[again] * take)] = False  # chunk start + position
-        first = first.reshape(block.shape)
-        seen = np.cumsum(first, axis=1)
-        ok = seen[:, -1] >= k
+        # int32 where the keys below fit: numpy draws int32 and int64 alike below 2**32 (one bounded 32-bit
+        # stream), so the values and the rng's state after are the same, with half the memory traffic
+        dt = np.int32 if n * take < 2**31 else np.int64
+        block = rng.integers(0, n, size=(chunks, take), dtype=dt)
+        # Sorting value * take + position puts each value's copies together, its first occurrence first; the
+        # later copies' positions are pushed past the end, and a second sort orders the first occurrences'
+        # positions: a chunk's first k distinct values sit at the k smallest.
+        srt = block * take
+        srt += np.arange(take, dtype=dt)
+        srt.sort(axis=1)
+        val, pos = np.divmod(srt, take)
+        pos[:, 1:][val[:, 1:] == val[:, :-1]] = take
+        pos.sort(axis=1)
+        first_k = pos[:, :k]
+        ok = first_k[:, -1] < take  # at least k distinct values
+        flat = first_k + np.arange(0, chunks * take, take, dtype=dt)[:, None]  # flat index into the block
         rows = np.zeros((chunks, k), dtype=np.int64)
-        rows[ok] = block[first & (seen <= k) & ok[:, None]].reshape(-1, k)
+        if ok.all():
+            rows[:] = block.ravel()[flat]
+        else:
+            rows[ok] = block.ravel()[flat[ok]]
         self._rows, self._ok = rows, ok.tolist()
 
     def _popular_mix(self, rng: np.random.Generator, batch: int, mask: np.ndarray | None = None) -> np.ndarray:

@@ -16,6 +16,7 @@ from simrec.cognition import CognitionBackend, ResponseBatch, make_backend
 from simrec.envs.candidates import CandidateGenerator
 from simrec.users.dynamics import Dynamics, as_index, experience_of
 from simrec.users.population import Population
+from simrec.users.transitions import push_recent
 from simrec.envs.spec import EnvSpec
 from simrec.users.world import World
 
@@ -38,10 +39,10 @@ class Simulator:
 
     def __init__(self, spec: EnvSpec, world: World, backend: CognitionBackend | None = None,
                  population_size: int | None = None) -> None:
-        self.spec = spec
+        self.spec = spec = spec.for_world(world)  # choice settings the spec leaves to the world
         self.catalog = world.catalog
         self.pop = Population(world.catalog, world.personas, population_size or spec.population_size,
-                              spec.slate_size, spec.memory_capacity)
+                              spec.slate_size, spec.memory_capacity, getattr(world, "transitions", None))
         if backend is None:
             cfg = spec.choice.model_dump() if spec.backend == "embedded" else dict(spec.backend_config)
             backend = make_backend(spec.backend, cfg)
@@ -77,6 +78,11 @@ class Simulator:
         self._hist_rows[:, d + 3] = 1.0
         w = spec.history_window
         self._ring_orders = [np.r_[k:w, 0:k] for k in range(w)]
+        self._scalar_for: object = None  # the backend _scalar_decide was last looked up for
+        # the fast path's spec scalars, read once (a pydantic attribute read costs several plain ones)
+        r = spec.reward
+        self._one = (r.click, r.leave, r.consumption, r.rating, w, 1.0 / spec.max_steps)
+        self._scalar = None
 
     # -- spaces ---------------------------------------------------------------------------------
     def observation_space(self) -> spaces.Dict:
@@ -146,6 +152,8 @@ class Simulator:
             experience=exp, rng=rng, directions=pop.directions,
         )
         pop.memory.write(users, slates, chosen, rating, cons, exp, pop.state.clock[users], consumed_topics)
+        if pop.state.recent.shape[1]:  # the clicked items become the users' newest recent items
+            push_recent(pop.state.recent, as_index(users)[clicked_any], chosen[clicked_any])
         row = np.empty((B, d + len(HISTORY_FEATURES)), np.float32)
         row[:, :d] = chosen_row[:, :d]
         row[:, d] = clicked_any
@@ -168,57 +176,89 @@ class Simulator:
         return StepResult(resp, np.array([reward]), slate[None, :], np.array([shifted]))
 
     def _step_one(self, u: int, slate: np.ndarray, rng: np.random.Generator) -> tuple[ResponseBatch, float, bool]:
-        """The fast path's work, returning the reward and concept shift as Python scalars (the single env
-        calls this directly). Needs a backend with ``decide_one`` whose ``meta`` has ``choice``, ``shown_topics``
-        and ``utility``; the embedded backend's extra scalars (``best_utility``, ``choice_consumption``,
-        ``choice_rating``) save reading them back from the arrays."""
-        pop, r = self.pop, self.spec.reward
-        resp = self.backend.decide_one(pop, u, slate, rng)
+        """The fast path's work, returning the reward and concept shift as Python scalars. Needs a backend
+        with ``decide_one`` whose ``meta`` has ``choice``, ``shown_topics`` and ``utility``; the embedded
+        backend's extra scalars (``best_utility``, ``choice_consumption``, ``choice_rating``) save reading them
+        back from the arrays."""
+        resp = self.backend.decide_one(self.pop, u, slate, rng)
         meta = resp.meta
         choice = meta["choice"]
-        hit = choice < slate.size
-        if hit:
-            item = slate.item(choice)
+        if choice < slate.size:
             cons = meta.get("choice_consumption")
             if cons is None:  # a decide_one that hands on only the arrays
                 cons, rating = resp.consumption.item(choice), resp.rating.item(choice)
             else:
                 rating = meta["choice_rating"]
-            feats, topics = self._item_feats[item], self._item_topics[item]
+        else:
+            cons, rating = 0.0, math.nan
+        best = meta["best_utility"] if "best_utility" in meta else max(meta["utility"][0].tolist())
+        reward, shifted = self._apply_one(u, slate, rng, choice, cons, rating, bool(resp.leave[0]), best,
+                                          meta["shown_topics"])
+        return resp, reward, shifted
+
+    def _scalar_decide(self):
+        """The embedded backend's ``_decide_scalars`` (``decide_one`` without building the response arrays),
+        or None for any other backend (including a subclass with its own ``decide_one``)."""
+        backend = self.backend
+        if backend is not self._scalar_for:
+            from simrec.cognition.embedded import EmbeddedCognition
+
+            ok = getattr(type(backend), "decide_one", None) is EmbeddedCognition.decide_one
+            self._scalar = backend._decide_scalars if ok else None
+            self._scalar_for = backend
+        return self._scalar
+
+    def _apply_one(self, u: int, slate: np.ndarray, rng: np.random.Generator, choice: int, cons: float,
+                   rating: float, leave: bool, best_utility: float, shown_topics: np.ndarray,
+                   feats: np.ndarray | None = None, topics: np.ndarray | None = None) -> tuple[float, bool]:
+        """Dynamics, memory and history for one user's response (``choice`` a slate position, ``K`` for nothing;
+        ``cons`` 0.0 and ``rating`` NaN without a click); returns the reward and the concept shift. ``feats`` and
+        ``topics``: the chosen item's feature and topic-weight rows when the caller has them at hand."""
+        pop = self.pop
+        click_w, leave_w, consumption_w, rating_w, window, _ = self._one
+        hit = choice < slate.size
+        if hit:
+            item = slate.item(choice)
+            if feats is None:
+                feats, topics = self._item_feats[item], self._item_topics[item]
             exp = (rating - 3.0) / 2.0 if rating == rating else 2.0 * cons - 1.0
         else:
-            item, cons, rating, feats, topics = -1, 0.0, math.nan, None, None
+            item, feats, topics = -1, None, None
             exp = self.dynamics.config.satisfaction.no_click
         state = pop.state
         shifted = self.dynamics.step_one(
-            state, u, chosen_features=feats, consumption=cons, consumed_topics=topics,
-            shown_topics=meta["shown_topics"],
-            best_utility=meta["best_utility"] if "best_utility" in meta else max(meta["utility"][0].tolist()), experience=exp,
-            rng=rng, directions=pop.directions,
+            state, u, chosen_features=feats, consumption=cons, consumed_topics=topics, shown_topics=shown_topics,
+            best_utility=best_utility, experience=exp, rng=rng, directions=pop.directions,
         )
+        if hit and pop.transitions is not None and state.recent.shape[1]:  # the click: the newest recent item
+            recent = state.recent[u]
+            recent[:-1] = recent[1:]
+            recent[-1] = item
         mem = pop.memory
         mem.write_one(u, slate, item, rating, cons, exp, state.clock.item(u), topics)
-        hrow = self._hist[u, (mem.count.item(u) - 1) % self.spec.history_window]
-        hrow[:] = self._hist_rows[item]  # item -1: the "nothing chosen" row
+        # the history row: the item's template row ("nothing chosen" for item -1), then rating and consumption
+        hist, slot, d = self._hist, (mem.count.item(u) - 1) % window, self._d
+        hist[u, slot] = self._hist_rows[item]
         if hit:
-            hrow[self._d + 1] = rating / 5.0 if rating == rating else 0.0
-            hrow[self._d + 2] = cons
-        reward = r.click * hit + r.leave * bool(resp.leave[0])
-        if r.consumption:
-            reward += r.consumption * cons
-        if r.rating and rating == rating:
-            reward += r.rating * (rating - 3.0) / 2.0
-        return resp, float(reward), shifted
+            hist[u, slot, d + 1] = rating / 5.0 if rating == rating else 0.0
+            hist[u, slot, d + 2] = cons
+        reward = click_w * hit + leave_w * leave
+        if consumption_w:
+            reward += consumption_w * cons
+        if rating_w and rating == rating:
+            reward += rating_w * (rating - 3.0) / 2.0
+        return float(reward), shifted
 
     def observe_one(self, u: int, cands: np.ndarray, t: int, clicks: int) -> dict[str, np.ndarray]:
         """:meth:`observe` for one user, without the batch dimension."""
-        inv = 1.0 / self.spec.max_steps
-        user = np.array([
-            self._ages.item(u),
-            min(math.log1p(self.pop.state.sessions.item(u)) * self._inv_log_sessions, 1.0),
-            t * inv, min(clicks * inv, 1.0), min(self._last_gap.item(u) * 1e-3, 1.0),
-        ], dtype=np.float32)
-        k = self.pop.memory.count.item(u) % self.spec.history_window  # the oldest record sits at slot k
+        window, inv = self._one[4:]
+        # min(x, 1.0) as a conditional (NaN passes, as with min)
+        sessions = math.log1p(self.pop.state.sessions.item(u)) * self._inv_log_sessions
+        clicked = clicks * inv
+        gap = self._last_gap.item(u) * 1e-3
+        user = np.array([self._ages.item(u), 1.0 if 1.0 < sessions else sessions, t * inv,
+                         1.0 if 1.0 < clicked else clicked, 1.0 if 1.0 < gap else gap], dtype=np.float32)
+        k = self.pop.memory.count.item(u) % window  # the oldest record sits at slot k
         return {"candidates": self.item_obs.take(cands, axis=0), "user": user,
                 "history": self._hist[u].take(self._ring_orders[k], axis=0)}
 

@@ -9,6 +9,7 @@ import gymnasium
 import numpy as np
 
 from simrec.cognition import CognitionBackend
+from simrec.cognition.base import SOURCE_EMBEDDED
 from simrec.envs.registration import build_world
 from simrec.envs.simulator import HISTORY_FEATURES, USER_FEATURES, Simulator
 from simrec.envs.spaces import distinct_in_range, slate_action_space, validate_slates
@@ -73,6 +74,7 @@ class SlateEnv(gymnasium.Env):
             self.sim_spec = self.sim_spec.with_overrides(**overrides)
         s = self.sim_spec
         self.sim = Simulator(s, build_world(s.world), backend=backend)
+        self.sim_spec = s = self.sim.spec  # with the choice settings the world calibrated
         self.catalog = self.sim.catalog
         self.observation_space = self.sim.observation_space()
         self.action_space = slate_action_space(s.num_candidates, s.slate_size)
@@ -89,6 +91,7 @@ class SlateEnv(gymnasium.Env):
         self._last: dict[str, Any] = {}
         self._started = False
         self._session_ended = False  # end_session already called for the current session
+        self._spec_one = (s.slate_size, s.num_candidates, s.max_steps, s.log_latent)  # step's spec scalars, read once
 
     # -- Gymnasium API --------------------------------------------------------------------------
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None):
@@ -119,51 +122,68 @@ class SlateEnv(gymnasium.Env):
     def step(self, action):
         if not self._started:
             raise RuntimeError("call reset() before step()")
-        s = self.sim_spec
-        k = s.slate_size
+        k, n, max_steps, log_latent = self._spec_one
         a = np.asarray(action)
         if k == 1 and a.size == 1:
             a = a.reshape(1)
-        if not (a.shape == (k,) and a.dtype.kind in "iu" and distinct_in_range(a.tolist(), s.num_candidates)):
-            validate_slates(a[None, ...], s.num_candidates, k)  # raises with the precise problem
+        if not (a.shape == (k,) and a.dtype.kind in "iu" and distinct_in_range(a.tolist(), n)):
+            validate_slates(a[None, ...], n, k)  # raises with the precise problem
         slate = self._cands[0].take(a)
         u = self._u
         sim = self.sim
-        if hasattr(sim.backend, "decide_one"):  # the scalar fast path (what step_one runs, minus its wrapping)
-            r, reward, shifted = sim._step_one(u, slate, self.np_random)
-            choice, stars = r.meta["choice"], r.meta.get("choice_rating")
-            if stars is None:
-                hit, rating = int(np.count_nonzero(r.clicked)), np.fmax(r.rating[0], 0.0)
-            else:  # one chosen item at most: the clicks and np.fmax(r.rating[0], 0.0) without ufuncs
-                hit = choice < k
-                rating = np.zeros(k, np.float32)
+        rng = self.np_random
+        scalar = sim._scalar if sim.backend is sim._scalar_for else sim._scalar_decide()
+        reasons = None
+        if scalar is not None:  # the embedded backend's scalar path: the response arrays are built here, once
+            choice, cons, stars, terminated, best, shown, feats, topics = scalar(sim.pop, u, slate, rng)
+            reward, shifted = sim._apply_one(u, slate, rng, choice, cons, stars, terminated, best, shown, feats, topics)
+            clicked = np.zeros(k, bool)
+            consumption = np.zeros(k, np.float32)
+            rating = np.zeros(k, np.float32)  # 0 = not rated
+            hit = choice < k
+            if hit:
+                clicked[choice] = True
+                consumption[choice] = cons
                 if stars == stars:
                     rating[choice] = stars
+            source = SOURCE_EMBEDDED
         else:
-            res = sim.step_one(u, slate, self.np_random)
-            r, reward, shifted = res.response, float(res.reward[0]), bool(res.shifted[0])
-            hit = int(np.count_nonzero(r.clicked))
-            rating = np.fmax(r.rating[0], 0.0)
+            if hasattr(sim.backend, "decide_one"):  # the generic scalar fast path (what step_one runs, minus its wrapping)
+                r, reward, shifted = sim._step_one(u, slate, rng)
+                choice, stars = r.meta["choice"], r.meta.get("choice_rating")
+                if stars is None:
+                    hit, rating = int(np.count_nonzero(r.clicked)), np.fmax(r.rating[0], 0.0)
+                else:  # one chosen item at most: the clicks and np.fmax(r.rating[0], 0.0) without ufuncs
+                    hit = choice < k
+                    rating = np.zeros(k, np.float32)
+                    if stars == stars:
+                        rating[choice] = stars
+            else:
+                res = sim.step_one(u, slate, rng)
+                r, reward, shifted = res.response, float(res.reward[0]), bool(res.shifted[0])
+                hit = int(np.count_nonzero(r.clicked))
+                rating = np.fmax(r.rating[0], 0.0)
+            clicked, consumption, source, reasons = r.clicked[0], r.consumption[0], int(r.source[0]), r.reasons
+            terminated = bool(r.leave[0])
         self._t += 1
         self._clicks += hit
-        terminated = bool(r.leave[0])
-        truncated = (not terminated) and self._t >= s.max_steps
+        truncated = (not terminated) and self._t >= max_steps
         info: dict[str, Any] = {
             "user_id": sim.pop.user_id(u), "t": self._t, "slate_items": slate,
-            "clicked": r.clicked[0], "rating": rating, "consumption": r.consumption[0],
-            "leave": terminated, "source": int(r.source[0]), "concept_shift": shifted,
+            "clicked": clicked, "rating": rating, "consumption": consumption,
+            "leave": terminated, "source": source, "concept_shift": shifted,
         }
-        if r.reasons is not None:
-            info["reason"] = r.reasons[0]
-        if s.log_latent:
+        if reasons is not None:
+            info["reason"] = reasons[0]
+        if log_latent:
             info["latent"] = sim.pop.state.snapshot(u)
-        self._cands = sim.candidates.draw(self.np_random, 1)
-        info["candidate_items"] = self._cands[0]
+        self._cands = sim.candidates.draw_one(rng)
+        info["candidate_items"] = cands = self._cands[0]
         self._last = info
         if (terminated or truncated) and not self._session_ended:
             sim.backend.end_session(sim.pop, self._user)
             self._session_ended = True
-        return self._obs(), reward, terminated, truncated, info
+        return sim.observe_one(u, cands, self._t, self._clicks), reward, terminated, truncated, info
 
     def render(self) -> str | None:
         if self.render_mode != "ansi":

@@ -134,6 +134,19 @@ class EnvSpec(BaseModel):
                 data[k] = v
         return EnvSpec.parse(data, source=f"{self.id} with overrides {sorted(overrides)}")
 
+    def for_world(self, world: Any) -> "EnvSpec":
+        """This spec with the choice settings it leaves to the world filled in: ``choice.temperature`` None
+        takes the world's calibrated temperature (1.0 where it has none), ``choice.sequence`` None the weight
+        of the world's transitions (0 where it has none). Simulators run the result."""
+        c = self.choice
+        if c.temperature is not None and c.sequence is not None:
+            return self
+        tr = getattr(world, "transitions", None)
+        update = {"temperature": c.temperature if c.temperature is not None
+                  else float((getattr(world, "choice", None) or {}).get("temperature", 1.0)),
+                  "sequence": c.sequence if c.sequence is not None else (tr.weight if tr is not None else 0.0)}
+        return self.model_copy(update={"choice": c.model_copy(update=update)})
+
 
 #: Top-level override keys that set world fields: ``gymnasium.make("simrec/MovieLens-v0", data_dir=...)``.
 WORLD_SHORTCUTS = ("data_dir", "variant")

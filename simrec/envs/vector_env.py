@@ -74,6 +74,7 @@ class SlateVectorEnv(VectorEnv):
         if n_users < num_envs:
             raise ValueError(f"population_size ({n_users}) must be >= num_envs ({num_envs}): a user holds one slot at a time")
         self.sim = Simulator(s, world, backend=backend, population_size=n_users)
+        self.sim_spec = s = self.sim.spec
         self.catalog = self.sim.catalog
         self.num_envs = num_envs
         self.single_observation_space = self.sim.observation_space()

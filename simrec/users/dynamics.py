@@ -221,7 +221,15 @@ class Dynamics:
         self._c_keep = np.array(1.0 - c.boredom.decay, f32)
         self._c_growth = np.array(c.boredom.growth, f32)
         self._c_exposure = np.array(c.boredom.exposure, f32)
-        self._c_noise: dict[int, np.ndarray] = {}  # taste dim -> OU noise scale
+        self._scratch: dict[int, tuple] = {}  # taste dim -> step_one's OU noise scale and scratch rows
+        # step_one's scalar parameters, read once like the constants above (a pydantic attribute read costs
+        # several plain ones, and step_one would make about fifteen)
+        fc, sc = c.fatigue, c.satisfaction
+        self._p_one = (bool(d.theta or d.sigma), d.assimilation, d.anchor_assimilation,
+                       d.shift_rate > 0 or bool(d.shift_schedule), fc.base, fc.poor_slate, fc.relief, 1 - sc.rate, sc.rate)
+        # and a scratch 0-d float32 for per-step factors: a ufunc takes it about twice as fast as a Python
+        # float, with the same result (the float is cast to float32 either way)
+        self._s = np.zeros((), f32)
 
     def step(self, state: UserState, users: np.ndarray | slice, *, chosen_features: np.ndarray,
              consumption: np.ndarray, consumed_topics: np.ndarray, shown_topics: np.ndarray,
@@ -248,47 +256,75 @@ class Dynamics:
         update_satisfaction(state, users, experience, c.satisfaction)
         return shifted
 
+    def __getstate__(self) -> dict:
+        # the scratch rows are views of one block, which a copy or pickle would split into independent arrays
+        return {**self.__dict__, "_scratch": {}}
+
+    def _scratch_for(self, dim: int) -> tuple:
+        """step_one's per-dimension constants and buffers (values never outlive a call): the OU noise scale
+        (0-d float32), a noise row, a (2, dim) taste/anchor block with its two rows, and a (2, 1) column of
+        pull strengths."""
+        ta = np.zeros((2, dim), np.float32)
+        return (np.array(self._ou_sd1 / math.sqrt(dim), np.float32), np.zeros(dim, np.float32), ta, ta[0], ta[1],
+                np.zeros((2, 1), np.float32))
+
     def step_one(self, state: UserState, u: int, *, chosen_features: np.ndarray | None, consumption: float,
                  consumed_topics: np.ndarray | None, shown_topics: np.ndarray, best_utility: float,
                  experience: float, rng: np.random.Generator, directions: np.ndarray) -> bool:
         """:meth:`step` for one user (the single env's fast path): same processes, same random draws."""
-        c = self.config
-        d = c.drift
+        ou, assimilation, anchor_assimilation, shifts, f_base, f_poor, f_relief, s_keep, s_rate = self._p_one
         clock, steps = state.clock, state.steps_total
         clock[u] = clock.item(u) + 1.0
         steps[u] = steps.item(u) + 1
         taste, anchor = state.taste[u], state.anchor[u]  # views: updated in place
-        if d.theta or d.sigma:  # OU step, as _ou_mean_and_noise with dt = 1 (same draws, same float32 rounding)
-            noise = rng.standard_normal(taste.size, dtype=np.float32)
-            scale = self._c_noise.get(taste.size)
-            if scale is None:
-                scale = self._c_noise[taste.size] = np.array(self._ou_sd1 / math.sqrt(taste.size), np.float32)
+        s = self._s
+        scratch = self._scratch.get(taste.size)
+        if scratch is None:
+            scratch = self._scratch[taste.size] = self._scratch_for(taste.size)
+        scale, noise, ta, t, an, pulls = scratch  # t, an: the rows of ta (new taste, new anchor)
+        if ou:  # OU step, as _ou_mean_and_noise with dt = 1 (same draws, same float32 rounding)
+            rng.standard_normal(dtype=np.float32, out=noise)
             noise *= scale
-            t = taste - anchor
+            np.subtract(taste, anchor, out=t)
             t *= self._c_decay1
             t += anchor
             t += noise
         else:
-            t = taste.copy()
+            t[...] = taste
         if chosen_features is not None and consumption > 0:
-            pull = chosen_features - t
-            pull *= d.assimilation * consumption
-            t += pull
-            if d.anchor_assimilation > 0:
-                an = chosen_features - anchor
-                an *= d.anchor_assimilation * consumption
-                an += anchor
-                np.divide(an, max(math.sqrt(float(an @ an)), 1e-8), out=anchor)
-        np.divide(t, max(math.sqrt(float(t @ t)), 1e-8), out=taste)
-        shifted = bool(concept_shift(state, slice(u, u + 1), d, rng, directions)[0]) if (d.shift_rate > 0 or d.shift_schedule) else False
+            if anchor_assimilation > 0:  # taste and anchor pulled toward the item at once, as the rows of ta
+                an[...] = anchor
+                pulls[0, 0] = assimilation * consumption
+                pulls[1, 0] = anchor_assimilation * consumption
+                pull = chosen_features - ta
+                pull *= pulls
+                ta += pull
+                n = math.sqrt(float(an.dot(an)))  # .dot: the same BLAS product as @, cheaper to call
+                s[...] = 1e-8 if 1e-8 > n else n  # max(n, 1e-8) (NaN included) without the builtin call
+                np.divide(an, s, out=anchor)
+            else:
+                pull = chosen_features - t
+                s[...] = assimilation * consumption
+                pull *= s
+                t += pull
+        n = math.sqrt(float(t.dot(t)))
+        s[...] = 1e-8 if 1e-8 > n else n
+        np.divide(t, s, out=taste)
+        shifted = bool(concept_shift(state, slice(u, u + 1), self.config.drift, rng, directions)[0]) if shifts else False
         b = state.boredom[u]
         b *= self._c_keep
         if consumed_topics is not None:
             b += consumed_topics * self._c_growth
         b += shown_topics * self._c_exposure
+        # next_fatigue and next_satisfaction on floats, inlined (same operations in the same order); the clips
+        # are min(max(x, lo), hi) as conditionals, NaN passing through as it does there
         fatigue, satisfaction = state.fatigue, state.satisfaction
-        fatigue[u] = next_fatigue(fatigue.item(u), best_utility, float(experience > 0), c.fatigue)
-        satisfaction[u] = next_satisfaction(satisfaction.item(u), experience, c.satisfaction)
+        x = fatigue.item(u) + f_base + f_poor * (1.0 / (1.0 + math.exp(2.0 * best_utility))) - f_relief * float(experience > 0)
+        x = 0.0 if 0.0 > x else x
+        fatigue[u] = 1.0 if 1.0 < x else x
+        x = s_keep * satisfaction.item(u) + s_rate * experience
+        x = -1.0 if -1.0 > x else x
+        satisfaction[u] = 1.0 if 1.0 < x else x
         return shifted
 
     def between_sessions(self, state: UserState, users: np.ndarray | slice, activity: np.ndarray,

@@ -61,6 +61,7 @@ class MemoryBank:
         self.n_chosen = np.zeros(n_users, dtype=np.int64)
         self.n_skipped = np.zeros(n_users, dtype=np.int64)
         self._decay32 = np.array(summary_decay, np.float32)  # write_one's factor, cast once
+        self._f3 = np.ones((3, 1), np.float32)
         self._bind_views()
 
     _REC = ("rating", "consumption", "feeling", "importance", "t")
@@ -79,6 +80,7 @@ class MemoryBank:
     def __setstate__(self, state: dict) -> None:
         self.__dict__.update(state)
         self.__dict__.setdefault("_decay32", np.array(self.summary_decay, np.float32))  # pickles from before it
+        self.__dict__.setdefault("_f3", np.ones((3, 1), np.float32))
         self._bind_views()
 
     def __len__(self) -> int:
@@ -131,21 +133,24 @@ class MemoryBank:
         self.shown[u, slot] = shown
         self.chosen[u, slot] = chosen
         rated = rating == rating  # not NaN
-        importance = min(0.5 * abs(feeling) + 0.5 * (abs(rating - 3.0) / 2.0 if rated else 0.0), 1.0)
-        self._rec[u, slot] = (rating, consumption, feeling, importance, now)
+        importance = 0.5 * abs(feeling) + 0.5 * (abs(rating - 3.0) / 2.0 if rated else 0.0)
+        importance = 1.0 if 1.0 < importance else importance  # min(importance, 1.0) without the builtin call
+        rec = self._rec[u, slot]  # scalar stores: cheaper than converting a sequence
+        rec[0], rec[1], rec[2], rec[3], rec[4] = rating, consumption, feeling, importance, now
         self.count[u] = n + 1
         ts = self._topics[u]  # rows: topic_consumed, topic_rating_sum, topic_rating_n (views)
+        ts[0] *= self._decay32
         if chosen >= 0:
             self.n_chosen[u] = self.n_chosen.item(u) + 1
-            if topic_weights is not None and rated:  # all three rows in one product (same float32 rounding)
-                ts[0] *= self._decay32
-                ts += np.array((consumption, rating, 1.0), np.float32)[:, None] * topic_weights
-                return
-            ts[0] *= self._decay32
             if topic_weights is not None:
-                ts[0] += topic_weights * consumption
+                if rated:  # all three rows in one product (same float32 rounding)
+                    f = self._f3  # a (3, 1) float32 scratch column: consumption, rating, 1
+                    f[0, 0] = consumption
+                    f[1, 0] = rating
+                    ts += f * topic_weights
+                else:
+                    ts[0] += topic_weights * consumption
         else:
-            ts[0] *= self._decay32
             self.n_skipped[u] = self.n_skipped.item(u) + 1
 
     # -- reads ----------------------------------------------------------------------------------

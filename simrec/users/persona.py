@@ -57,6 +57,9 @@ class Persona(BaseModel):
     session_rate: float | None = Field(None, gt=0.0, le=1000.0, description=(
         "How often the user starts a session relative to others (calibrated worlds: the user's share of the "
         "log's interactions, mean 1). Unset: (0.2 + activity) / 0.7."))
+    recent_items: list[int] | None = Field(None, description=(
+        "Catalog indices of the items the user consumed last, oldest first (calibrated worlds: the end of the "
+        "train history). They seed the order-aware short-term interest of worlds that have one."))
 
     @model_validator(mode="after")
     def _check_interests(self) -> "Persona":
@@ -65,6 +68,8 @@ class Persona(BaseModel):
                 raise ValueError(f"interest weight for '{topic}' must be a finite number >= 0, got {w}")
         if self.taste is not None and not np.all(np.isfinite(self.taste)):
             raise ValueError("taste must contain finite numbers")
+        if self.recent_items is not None and any(i < 0 for i in self.recent_items):
+            raise ValueError("recent_items must be catalog indices (>= 0)")
         return self
 
 

@@ -8,6 +8,7 @@ from simrec.catalog import Catalog
 from simrec.users.memory import MemoryBank
 from simrec.users.persona import Persona, PersonaPack
 from simrec.users.state import UserState, initial_taste, topic_directions
+from simrec.users.transitions import Transitions
 
 TRAIT_NAMES = ("activity", "conformity", "diversity", "patience", "pickiness")
 
@@ -26,10 +27,12 @@ class Population:
             else ``(0.2 + activity) / 0.7``).
         state: the latent :class:`~simrec.users.state.UserState`.
         memory: the :class:`~simrec.users.memory.MemoryBank`.
+        transitions: the world's order-aware short-term interest, or None; each user's recent items start
+            as their persona's ``recent_items``.
     """
 
     def __init__(self, catalog: Catalog, pack: PersonaPack, n_users: int | None, slate_size: int,
-                 memory_capacity: int = 32) -> None:
+                 memory_capacity: int = 32, transitions: Transitions | None = None) -> None:
         self.catalog = catalog
         self.pack = pack
         self.n_users = int(n_users or len(pack))
@@ -43,7 +46,10 @@ class Population:
         self.directions = topic_directions(catalog)
         self.slate_size = slate_size
         self.memory_capacity = memory_capacity
-        self.state = UserState.initial(np.zeros((self.n_users, catalog.dim), np.float32), catalog.n_topics)
+        self.transitions = transitions
+        self._recent = self._initial_recent()
+        self.state = UserState.initial(np.zeros((self.n_users, catalog.dim), np.float32), catalog.n_topics,
+                                       self._recent)
         self.memory = MemoryBank(self.n_users, memory_capacity, slate_size, catalog.n_topics)
 
     def __len__(self) -> int:
@@ -55,8 +61,22 @@ class Population:
     def reset(self, rng: np.random.Generator) -> None:
         """Give every user a fresh starting state and an empty memory, drawn from ``rng``."""
         tastes = np.stack([initial_taste(p, self.catalog, self.directions, rng) for p in self.personas])
-        self.state = UserState.initial(tastes, self.catalog.n_topics)
+        self.state = UserState.initial(tastes, self.catalog.n_topics, self._recent)
         self.memory = MemoryBank(self.n_users, self.memory_capacity, self.slate_size, self.catalog.n_topics)
+
+    def _initial_recent(self) -> np.ndarray:
+        tr = self.transitions
+        if tr is None:
+            return np.zeros((self.n_users, 0), np.int32)
+        if tr.n_items != len(self.catalog):
+            raise ValueError(f"the world's transitions cover {tr.n_items} items but its catalog has {len(self.catalog)}")
+        out = np.full((self.n_users, tr.recent), -1, np.int32)
+        for u, p in enumerate(self.personas):
+            items = (p.recent_items or [])[-tr.recent:] if tr.recent else []
+            if any(i >= tr.n_items for i in items):
+                raise ValueError(f"persona '{p.id}': recent_items {items} go past the catalog's {tr.n_items} items")
+            out[u, tr.recent - len(items):] = items
+        return out
 
     def user_id(self, u: int) -> str:
         """Stable external id of user ``u`` (persona id, plus an instance suffix past the pack size)."""

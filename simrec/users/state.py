@@ -64,6 +64,8 @@ class UserState:
     * ``satisfaction``: ``(n,)`` long-term satisfaction in [-1, 1].
     * ``clock``: ``(n,)`` the user's own time in steps (sessions add gaps).
     * ``steps_total``, ``sessions``: counters.
+    * ``recent``: ``(n, k)`` int32 the last ``k`` items each user clicked, newest last, -1 when empty (``k`` is 0
+      in worlds without order-aware short-term interest, :mod:`simrec.users.transitions`).
     """
 
     taste: np.ndarray
@@ -74,9 +76,10 @@ class UserState:
     clock: np.ndarray
     steps_total: np.ndarray
     sessions: np.ndarray
+    recent: np.ndarray
 
     @classmethod
-    def initial(cls, tastes: np.ndarray, n_topics: int) -> "UserState":
+    def initial(cls, tastes: np.ndarray, n_topics: int, recent: np.ndarray | None = None) -> "UserState":
         n = tastes.shape[0]
         tastes = np.asarray(tastes, dtype=np.float32)
         return cls(
@@ -88,6 +91,7 @@ class UserState:
             clock=np.zeros(n, dtype=np.float64),
             steps_total=np.zeros(n, dtype=np.int64),
             sessions=np.zeros(n, dtype=np.int64),
+            recent=np.zeros((n, 0), np.int32) if recent is None else np.array(recent, dtype=np.int32),
         )
 
     def __len__(self) -> int:
@@ -98,11 +102,12 @@ class UserState:
         return {
             "taste": self.taste[u].tolist(),
             "boredom": self.boredom[u].tolist(),
-            "fatigue": float(self.fatigue.item(u)),  # .item: a Python scalar without a numpy scalar first
-            "satisfaction": float(self.satisfaction.item(u)),
-            "clock": float(self.clock.item(u)),
-            "steps_total": int(self.steps_total.item(u)),
-            "sessions": int(self.sessions.item(u)),
+            # .item gives a Python float (float arrays) or int (integer arrays), without a numpy scalar first
+            "fatigue": self.fatigue.item(u),
+            "satisfaction": self.satisfaction.item(u),
+            "clock": self.clock.item(u),
+            "steps_total": self.steps_total.item(u),
+            "sessions": self.sessions.item(u),
         }
 
     def copy(self) -> "UserState":

@@ -6,12 +6,13 @@ Nothing here touches the network or a dataset. ``personas/synthetic-v0.json`` is
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
 from simrec.catalog import Catalog
 from simrec.users.persona import Persona, PersonaPack, Traits
+from simrec.users.transitions import Transitions
 
 TOPICS: list[str] = [
     "science fiction", "thriller", "comedy", "romance", "documentary", "animation", "horror", "drama",
@@ -67,10 +68,15 @@ _OCCUPATIONS = [
 
 @dataclass(frozen=True)
 class World:
-    """A catalog and the persona pack that lives in it."""
+    """A catalog and the persona pack that lives in it; ``transitions``, where the world was calibrated
+    from a timed log, is its order-aware short-term interest (:mod:`simrec.users.transitions`), and
+    ``choice`` holds choice settings calibrated with it (``temperature``), used where a spec leaves them
+    to the world (:meth:`simrec.envs.spec.EnvSpec.for_world`)."""
 
     catalog: Catalog
     personas: PersonaPack
+    transitions: Transitions | None = None
+    choice: dict[str, float] = field(default_factory=dict)  # calibrated choice settings (e.g. temperature)
 
 
 def topic_centroids(seed: int, n_topics: int, dim: int) -> np.ndarray:
