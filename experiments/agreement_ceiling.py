@@ -27,8 +27,8 @@ per-user temporal train split:
    highest (``n_u`` = the user's real held-out count, unseen items only): a noise-free simulator with
    ``S``'s preferences. Each recommender's NDCG@10 against these pseudo held-out items gives ``S``'s order;
    tau-b against the real offline order is that simulator's agreement with perfect choice sampling.
-   ``simulator utility`` is the calibrated embedded model at the start of the simulation, with its
-   order-aware sequence term (:mod:`simrec.users.transitions`); the row without it is the static model.
+   ``simulator utility`` is the calibrated embedded model at the start of the simulation: ``MovieLens-v0``'s
+   static one, and ``MovieLensSeq-v0``'s with its order-aware sequence term (:mod:`simrec.users.transitions`).
 """
 
 from __future__ import annotations
@@ -145,15 +145,16 @@ def main(argv: list[str] | None = None) -> int:
         s = np.stack([rec.rank_scores(uid, np.arange(n_items)) for uid in users])
         scores[name] = s
         top10[name] = np.stack([rec.top_k(uid, 10) for uid in users])  # exactly what offline_metrics scores
-    for label, choice in (("simulator utility", env.sim_spec.choice),
-                          ("simulator utility, no sequence term", env.sim_spec.choice.model_copy(update={"sequence": 0.0}))):
-        model = EmbeddedCognition(choice)
-        scores[label] = np.stack([model.utilities_one(pop, pop.index_of(uid), np.arange(n_items))
+    seq_env = make_env("simrec/MovieLensSeq-v0", {"world": world_cfg})  # the same split, order-aware calibration
+    seq_env.reset(seed=a.seed)
+    for label, e in (("simulator utility (MovieLens-v0)", env), ("simulator utility, order-aware (MovieLensSeq-v0)", seq_env)):
+        model, p_ = EmbeddedCognition(e.sim_spec.choice), e.sim.pop
+        scores[label] = np.stack([model.utilities_one(p_, p_.index_of(uid), np.arange(n_items))
                                   for uid in users]).astype(np.float64)
     pct = {n: rank_percentiles(s, seen) for n, s in scores.items()}
     scores["blend of the zoo"] = np.mean([pct[n] for n in BLEND if n in pct], axis=0)
     scores["blend of the zoo + simulator"] = np.mean([pct[n] for n in BLEND if n in pct]
-                                                     + [pct["simulator utility"]], axis=0)
+                                                     + [pct["simulator utility (MovieLens-v0)"]], axis=0)
 
     real = np.array([np.nanmean(ndcg_at_10(top10[n], relevant)) for n in names])
     per_user_real = np.stack([ndcg_at_10(top10[n], relevant) for n in names], axis=1)  # (U, R)

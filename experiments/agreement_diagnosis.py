@@ -34,6 +34,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--agreement-json", default=str(ROOT / "benchmarks" / "results" / "agreement-ml100k.json"))
     p.add_argument("--recommenders", default="random-unseen,mostpop,itemknn,als,bpr,ease,sasrec,multvae,bad")
     p.add_argument("--users", type=int, default=400)
+    p.add_argument("--env", default="simrec/MovieLens-v0", help="calibrated env (simrec/MovieLensSeq-v0: order-aware)")
     p.add_argument("--json", default=None)
     a = p.parse_args(argv)
 
@@ -45,7 +46,7 @@ def main(argv: list[str] | None = None) -> int:
     from simrec.evaluation.stats import kendall_tau_b
     from simrec.recommenders import Interactions
 
-    env = make_env("simrec/MovieLens-v0", {"world": {"data_dir": str(Path(a.data).resolve()), "seed": 0}})
+    env = make_env(a.env, {"world": {"data_dir": str(Path(a.data).resolve()), "seed": 0}})
     env.reset(seed=0)
     world = build_world(env.sim_spec.world)
     fit = Interactions.from_world(world)

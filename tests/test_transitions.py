@@ -58,6 +58,9 @@ def test_push_recent_appends_newest_last():
     assert Transitions.fit([], n_items=3).recent_of([np.array([4, 5])]).tolist() == [[-1] * 8 + [4, 5]]
 
 
+ORDER_AWARE = CalibrationConfig(watch_iters=40, sequence=True, fit_temperature=True)
+
+
 def _chain_log(n_users: int = 300, n_items: int = 60, length: int = 12, timed: bool = True, seed: int = 0):
     """Users walk item chains i -> i+1 -> i+2 ... from a random start (strong order, flat popularity)."""
     rng = np.random.default_rng(seed)
@@ -80,7 +83,7 @@ def _chain_log(n_users: int = 300, n_items: int = 60, length: int = 12, timed: b
 
 def test_calibration_fits_a_sequence_weight_where_order_predicts_the_next_item():
     log = _chain_log()
-    cal = calibrate(log, CalibrationConfig(watch_iters=40), seed=0)
+    cal = calibrate(log, ORDER_AWARE, seed=0)
     assert cal.transitions is not None and cal.report["sequence_weight"] > 0
     ll = cal.report["validation_choice_loglik"]
     assert ll[f"{cal.report['sequence_weight']:g}"] > ll["0"] + 0.1  # the order really is informative
@@ -90,11 +93,27 @@ def test_calibration_fits_a_sequence_weight_where_order_predicts_the_next_item()
 
 
 def test_untimed_logs_get_no_sequence_model():
-    cal = calibrate(_chain_log(timed=False), CalibrationConfig(watch_iters=40), seed=0)
+    cal = calibrate(_chain_log(timed=False), ORDER_AWARE, seed=0)
     assert cal.transitions is None and "sequence_weight" in cal.report and cal.report["sequence_weight"] == 0.0
     assert all(p.recent_items is None for p in cal.personas.personas)
-    off = calibrate(_chain_log(), CalibrationConfig(watch_iters=40, sequence=False, fit_temperature=False), seed=0)
-    assert off.transitions is None and off.choice == {}
+    off = calibrate(_chain_log(), CalibrationConfig(watch_iters=40), seed=0)  # the defaults: both off
+    assert off.transitions is None and off.choice == {} and "sequence_weight" not in off.report
+
+
+def test_movielens_seq_spec_turns_both_on_and_movielens_v0_keeps_the_static_model():
+    from simrec.envs.spec import resolve_spec
+
+    seq, static = resolve_spec("movielensseq-v0"), resolve_spec("movielens-v0")
+    assert seq.id == "simrec/MovieLensSeq-v0"
+    assert seq.world.calibration["sequence"] and seq.world.calibration["fit_temperature"]
+    assert seq.choice.temperature is None and seq.choice.sequence is None  # both from the world
+    assert not CalibrationConfig(**static.world.calibration).sequence and static.choice.temperature == 1.0
+    # the rest of the two specs is the same
+    a, b = seq.model_dump(), static.model_dump()
+    for d in (a, b):
+        d.pop("id"), d.pop("description"), d["choice"].pop("temperature")
+        d["world"]["calibration"].pop("sequence", None), d["world"]["calibration"].pop("fit_temperature", None)
+    assert a == b
 
 
 # -- in the simulator ------------------------------------------------------------------------------

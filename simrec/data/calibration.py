@@ -141,7 +141,7 @@ class CalibrationConfig(BaseModel):
     describe: Literal["template", "llm"] = "template"
     describe_llm: dict[str, Any] = Field(default_factory=dict, description="base_url, model, api_key, ... for 'llm'.")
     max_history_titles: int = Field(3, ge=0)
-    sequence: bool = Field(True, description=(
+    sequence: bool = Field(False, description=(
         "Timed logs: fit order-aware short-term interest (simrec.users.transitions: what followed the user's "
         "recent items in the train sequences) and pick its utility weight on the validation slice (0 when it "
         "does not help there). Logs without timestamps have no order and never get one."))
@@ -149,7 +149,7 @@ class CalibrationConfig(BaseModel):
     sequence_top: int = Field(100, ge=1, description="Successors kept per item (the model holds n_items x this).")
     sequence_recent: int = Field(10, ge=1, description="Recent items a simulated user keeps for the sequence score.")
     sequence_decay: float = Field(0.7, gt=0, le=1, description="Weight of each older recent item, per step back.")
-    fit_temperature: bool = Field(True, description=(
+    fit_temperature: bool = Field(False, description=(
         "Set the choice temperature from the validation slice (the multinomial-logit scale under which the "
         "held-back items are most likely; see the report's 'temperature'); the spec's choice.temperature must "
         "be null for the world's value to be used."))

@@ -34,7 +34,13 @@ def build_world(cfg: WorldConfig) -> World:
 
 
 def register_envs() -> None:
-    """Register every built-in spec under its id (idempotent)."""
+    """Register every built-in spec under its id (idempotent).
+
+    Without Gymnasium's ``OrderEnforcing`` and ``PassiveEnvChecker`` wrappers: the env itself refuses a
+    step before ``reset`` and validates every action with the precise problem, and its spaces and outputs are
+    checked by ``gymnasium.utils.env_checker.check_env`` in the tests, so the two wrappers would only add
+    two Python calls to every step (about 1.6 us of a 35 us step). ``gymnasium.make(id,
+    disable_env_checker=False)`` still adds the checker for a debugging session."""
     for name in builtin_specs():
         spec = EnvSpec.builtin(name)
         if spec.id in gymnasium.registry:
@@ -44,4 +50,6 @@ def register_envs() -> None:
             entry_point="simrec.envs.slate_env:SlateEnv",
             vector_entry_point="simrec.envs.vector_env:SlateVectorEnv",
             kwargs={"spec": name},
+            order_enforce=False,
+            disable_env_checker=True,
         )

@@ -230,6 +230,9 @@ def agreement(data_dir: str | Path, recommenders: Sequence[str] = DEFAULT_RECOMM
 # -- CLI ---------------------------------------------------------------------------------------------
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data", default="../shared/datasets/ml-100k", help="dataset directory (default: %(default)s)")
+    p.add_argument("--env", default="simrec/MovieLens-v0",
+                   help="calibrated env to simulate in (default: %(default)s; simrec/MovieLensSeq-v0 adds order-aware "
+                        "short-term interest and a calibrated choice temperature)")
     p.add_argument("--recommenders", default=",".join(DEFAULT_RECOMMENDERS), help="comma-separated fitted recommenders")
     p.add_argument("--seeds", type=int, default=5)
     p.add_argument("--users", type=int, default=200, help="simulated test users per seed (default 200)")
@@ -245,7 +248,7 @@ def run_cli(args: argparse.Namespace) -> int:
     names = [n.strip() for n in args.recommenders.split(",") if n.strip()]
     say = lambda s: print(s, file=sys.stderr, flush=True)  # noqa: E731
     res = agreement(args.data, names, seeds=list(range(args.seeds)), users=args.users, max_steps=args.max_steps,
-                    progress=not args.no_progress, log=say)
+                    env_id=args.env, progress=not args.no_progress, log=say)
     print(res.markdown())
     print(f"\n{res.info['timing']}", file=sys.stderr)
     if args.json:
