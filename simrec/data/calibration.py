@@ -37,7 +37,8 @@ What is estimated, and how it maps onto the embedded model (``simrec.cognition.e
   measure how later interactions differ (later items are less popular and rated lower); the
   decision threshold (via the negative class weight) and a rating offset are set from it, then
   everything is refitted on the whole train split.
-* **Order and choice scale** (also on the validation slice): on a timed log, what followed each item
+* **Order and choice scale** (``sequence`` and ``fit_temperature``, off by default and on in
+  ``simrec/MovieLensSeq-v0``; also on the validation slice): on a timed log, what followed each item
   in the users' train sequences (:class:`~simrec.users.transitions.Transitions`, the simulated user's
   order-aware short-term interest), with its utility weight, and the temperature of the choice model's
   multinomial logit, chosen together as the values under which the held-back items are the most likely
