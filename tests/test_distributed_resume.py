@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from test_distributed import fidelity_spec
+from test_distributed import fidelity_spec, ray_local  # noqa: F401  (ray_local: the shared fixture)
 
 from simrec.distributed import run_grid, verify_log
 from simrec.resume import Journal
@@ -33,18 +33,6 @@ CMP = ["compare", "--recommenders", "random,popular", "--seeds", "2", "--episode
        "--fit-episodes", "20", "--no-progress"]
 RAY = ["--ray", "--workers", "2"]
 VOLATILE_INFO = ("timing", "distributed", "command", "seconds")
-
-
-@pytest.fixture(scope="module")
-def ray_local():
-    """A local Ray runtime with 2 CPUs, shared by this module's Ray tests."""
-    ray = pytest.importorskip("ray")
-    started = not ray.is_initialized()
-    if started:
-        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-    yield ray
-    if started:
-        ray.shutdown()
 
 
 def stable(d: dict) -> dict:

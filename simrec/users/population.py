@@ -70,13 +70,11 @@ class Population:
             return np.zeros((self.n_users, 0), np.int32)
         if tr.n_items != len(self.catalog):
             raise ValueError(f"the world's transitions cover {tr.n_items} items but its catalog has {len(self.catalog)}")
-        out = np.full((self.n_users, tr.recent), -1, np.int32)
-        for u, p in enumerate(self.personas):
-            items = (p.recent_items or [])[-tr.recent:] if tr.recent else []
-            if any(i >= tr.n_items for i in items):
-                raise ValueError(f"persona '{p.id}': recent_items {items} go past the catalog's {tr.n_items} items")
-            out[u, tr.recent - len(items):] = items
-        return out
+        for p in self.personas:
+            if p.recent_items and max(p.recent_items) >= tr.n_items:
+                raise ValueError(f"persona '{p.id}': recent_items {p.recent_items} go past the catalog's "
+                                 f"{tr.n_items} items")
+        return tr.recent_of([np.asarray(p.recent_items or [], np.int64) for p in self.personas])
 
     def user_id(self, u: int) -> str:
         """Stable external id of user ``u`` (persona id, plus an instance suffix past the pack size)."""

@@ -92,10 +92,6 @@ class Transitions:
             out[r, self.recent - t.size:] = t
         return out
 
-    def with_weight(self, weight: float) -> "Transitions":
-        return Transitions(self.keys, self.probs, self.n_items, weight=weight, decay=self.decay, scale=self.scale,
-                           recent=self.recent, window=self.window)
-
     # -- files ----------------------------------------------------------------------------------
     def save(self, path: str | Path) -> None:
         """Write as ``.npz`` (arrays and settings)."""
