@@ -20,8 +20,7 @@ import time
 from pathlib import Path
 
 import pandas as pd
-import pytest
-from test_distributed import fidelity_spec, ray_local  # noqa: F401  (ray_local: the shared fixture)
+from test_distributed import fidelity_spec, ray_local  # noqa: F401,F811  (ray_local: the shared fixture)
 
 from simrec.distributed import run_grid, verify_log
 from simrec.resume import Journal
