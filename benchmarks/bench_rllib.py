@@ -14,7 +14,10 @@ batch 2048, minibatch 256, 4 epochs, a [64, 64] MLP: ``bench_core.py``'s SB3 PPO
 * ``CartPole-v1``: RLlib's usual path (Gymnasium ``SyncVectorEnv`` of single envs), for scale.
 
 All three are built first, then their training windows are interleaved ``--repeats`` times, so load
-changes on a shared machine hit all of them alike; each reports its best window. The env share of PPO
+changes on a shared machine hit all of them alike; each reports its best window. Windows are 8 iterations
+(16,384 timesteps, 3-5 s for simrec on a 2-core machine) and 5 of them per algorithm: with the earlier 4
+iterations x 3 windows (about 1.5 s each) the share moved between 8% and 25% from one run to the next on a
+shared machine, because a single slow window decided the best; ``--quick`` keeps the short windows. The env share of PPO
 time is ``1 - (simrec timesteps/s) / (zero-cost timesteps/s)``: the fraction of wall time that goes away
 when the env costs nothing. Target: at most 10% (SB3's PPO on ``SB3VecEnv``: about 23%). The same share of
 CPU time (this process, where the learner runs, plus every runner; median window) is printed too: it is
@@ -144,8 +147,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--runners", type=int, default=2, help="env runners (remote actors)")
     ap.add_argument("--envs", type=int, default=8, help="envs per env runner")
-    ap.add_argument("--iters", type=int, default=4, help="training iterations per timed window")
-    ap.add_argument("--repeats", type=int, default=3, help="interleaved windows per algorithm; the best counts")
+    ap.add_argument("--iters", type=int, default=8, help="training iterations per timed window")
+    ap.add_argument("--repeats", type=int, default=5, help="interleaved windows per algorithm; the best counts")
     ap.add_argument("--quick", action="store_true", help="2 iterations x 2 repeats")
     ap.add_argument("--torch-threads", type=int, default=1,
                     help="torch threads of the learner (in this process); runners get 1 from Ray")

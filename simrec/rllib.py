@@ -42,7 +42,7 @@ from gymnasium.vector.utils import batch_space
 
 import simrec  # noqa: F401  (registers the ids: this import is what remote runners need)
 from simrec.envs.vector_env import AutoresetMode, SlateVectorEnv
-from simrec.envs.wrappers import RepairSlate, TopKScores, repair_slates
+from simrec.envs.wrappers import RepairSlate, TopKScores, repair_in_place
 
 if TYPE_CHECKING:
     from ray.rllib.algorithms.ppo import PPOConfig
@@ -128,21 +128,23 @@ class RLlibSlateEnv(VectorWrapper):
             top = np.argsort(-scores, axis=1, kind="stable")[:, :k]
             return (top[:, 0] if k == 1 else top), np.zeros(n, np.int64)
         a = np.asarray(actions).astype(np.int64, copy=False).reshape(n, k)
-        repairs = np.zeros(n, np.int64)
         if k == 1:
-            return np.clip(a[:, 0], 0, c - 1), repairs
-        # one row sort finds the rows to repair (most have none); repair_slates then runs on those only
+            return np.clip(a[:, 0], 0, c - 1), np.zeros(n, np.int64)
+        # one row sort finds the rows to repair (most have none); the vectorised repair then runs on those only
         srt = np.sort(a, axis=1)
-        bad = (srt[:, 1:] == srt[:, :-1]).any(axis=1) | (srt[:, 0] < 0) | (srt[:, -1] >= c)
-        if bad.any():
+        bad = (srt[:, 1:] == srt[:, :-1]).any(axis=1)
+        if srt[:, 0].min() < 0 or srt[:, -1].max() >= c:
+            bad |= (srt[:, 0] < 0) | (srt[:, -1] >= c)
+            a = np.clip(a, 0, c - 1)
+        elif not bad.any():
+            return a, np.zeros(n, np.int64)
+        else:
             a = a.copy()
-            rows = np.flatnonzero(bad)
-            if rows.size > 8:  # many rows: the vectorised repair; a few: per row in Python (a numpy call costs more)
-                a[rows], repairs[rows] = repair_slates(a[rows], c)
-            else:
-                for i in rows.tolist():
-                    fixed, repairs[i] = repair_row(a[i].tolist(), c)
-                    a[i] = fixed
+        repairs = np.zeros(n, np.int64)
+        rows = np.flatnonzero(bad)
+        fixed = a[rows]
+        repairs[rows] = repair_in_place(fixed)
+        a[rows] = fixed
         return a, repairs
 
     # -- VectorEnv API --------------------------------------------------------------------------

@@ -130,27 +130,30 @@ class CandidateGenerator:
     def _refill(self, rng: np.random.Generator, n: int, chunks: int = 64) -> None:
         """Draw the next block of chunks and keep, per chunk, its first ``k`` distinct values in order."""
         k, take = self.k, self.k + 8 + self.k // 4
+        shift = take.bit_length()  # a position fits in the low `shift` bits of a sort key
         # int32 where the keys below fit: numpy draws int32 and int64 alike below 2**32 (one bounded 32-bit
         # stream), so the values and the rng's state after are the same, with half the memory traffic
-        dt = np.int32 if n * take < 2**31 else np.int64
+        dt = np.int32 if n << shift < 2**31 else np.int64
         block = rng.integers(0, n, size=(chunks, take), dtype=dt)
-        # Sorting value * take + position puts each value's copies together, its first occurrence first; the
+        # Sorting value << shift | position puts each value's copies together, its first occurrence first; the
         # later copies' positions are pushed past the end, and a second sort orders the first occurrences'
-        # positions: a chunk's first k distinct values sit at the k smallest.
-        srt = block * take
-        srt += np.arange(take, dtype=dt)
+        # positions: a chunk's first k distinct values sit at the k smallest. (Shifts and masks: the same keys'
+        # order as value * take + position, without integer division.)
+        srt = block << shift
+        srt |= np.arange(take, dtype=dt)
         srt.sort(axis=1)
-        val, pos = np.divmod(srt, take)
-        pos[:, 1:][val[:, 1:] == val[:, :-1]] = take
+        pos = srt & ((1 << shift) - 1)
+        srt >>= shift  # the values, sorted
+        pos[:, 1:][srt[:, 1:] == srt[:, :-1]] = take
         pos.sort(axis=1)
         first_k = pos[:, :k]
         ok = first_k[:, -1] < take  # at least k distinct values
-        flat = first_k + np.arange(0, chunks * take, take, dtype=dt)[:, None]  # flat index into the block
+        first_k += np.arange(0, chunks * take, take, dtype=dt)[:, None]  # flat index into the block
         rows = np.zeros((chunks, k), dtype=np.int64)
         if ok.all():
-            rows[:] = block.ravel()[flat]
+            rows[:] = block.ravel()[first_k]
         else:
-            rows[ok] = block.ravel()[flat[ok]]
+            rows[ok] = block.ravel()[first_k[ok]]
         self._rows, self._ok = rows, ok.tolist()
 
     def _popular_mix(self, rng: np.random.Generator, batch: int, mask: np.ndarray | None = None) -> np.ndarray:

@@ -27,23 +27,42 @@ def repair_slates(actions: np.ndarray, num_candidates: int) -> tuple[np.ndarray,
     a = np.array(actions, dtype=np.int64, copy=True)
     if a.ndim == 1:
         a = a[None, :]
-    B, K = a.shape
     a = np.clip(a, 0, num_candidates - 1)
-    repairs = np.zeros(B, dtype=np.int64)
-    for k in range(1, K):
-        dup = (a[:, :k] == a[:, k : k + 1]).any(axis=1)
-        if not dup.any():
-            continue
-        rows = np.flatnonzero(dup)
-        # lowest index not used anywhere on the row (at most K are used, so it is < K + 1)
-        used = np.zeros((rows.size, K + 1), dtype=bool)
-        for j in range(K):
-            v = a[rows, j]
-            ok = v <= K
-            used[ok.nonzero()[0], v[ok]] = True
-        a[rows, k] = np.argmin(used, axis=1)
-        repairs[rows] += 1
-    return a, repairs
+    return a, repair_in_place(a)
+
+
+def repair_in_place(a: np.ndarray) -> np.ndarray:
+    """The repair of :func:`repair_slates` on ``a`` (B, K) int64, already in range, in place; returns the
+    repairs per row. Vectorised over rows: a position repeats iff its value occurs earlier in the row (a
+    replacement never equals a later value, which is on the row), and as every original value stays on
+    the row, the m-th repeated position gets the m-th smallest value not in the original row."""
+    K = a.shape[1]
+    dup = a[:, :, None] == a[:, None, :]  # [b, k, j]: positions k and j hold the same value
+    dup &= _earlier(K)
+    dup = dup.any(axis=2)  # (B, K): the value at k occurs at an earlier position
+    repairs = dup.sum(axis=1)
+    rows = np.flatnonzero(repairs)
+    if rows.size:
+        ar, d = a[rows], dup[rows]
+        # values 0..K-1 not on the row, ascending (a row with repeats lacks at least as many of them as it repeats)
+        present = (ar[:, :, None] == np.arange(K)).any(axis=1)
+        free = np.argsort(present, axis=1, kind="stable")
+        rank = np.cumsum(d, axis=1)
+        rank -= 1  # -1 before the first repeat: a valid index, and masked out by d
+        ar[d] = np.take_along_axis(free, rank, axis=1)[d]
+        a[rows] = ar
+    return repairs
+
+
+_EARLIER: dict[int, np.ndarray] = {}
+
+
+def _earlier(k: int) -> np.ndarray:
+    """``(k, k)`` bool, ``[i, j]`` true where ``j < i`` (cached)."""
+    m = _EARLIER.get(k)
+    if m is None:
+        m = _EARLIER[k] = np.tri(k, k, -1, dtype=bool)
+    return m
 
 
 class RepairSlate(gymnasium.ActionWrapper):
