@@ -28,7 +28,7 @@ per-user temporal train split:
    ``S``'s preferences. Each recommender's NDCG@10 against these pseudo held-out items gives ``S``'s order;
    tau-b against the real offline order is that simulator's agreement with perfect choice sampling.
    ``simulator utility`` is the calibrated embedded model at the start of the simulation: ``MovieLens-v0``'s
-   static one, and ``MovieLensSeq-v0``'s with its order-aware sequence term (:mod:`simrec.users.transitions`).
+   static one, and ``MovieLensSeq-v0``'s and ``-v1``'s with their order-aware sequence term (:mod:`simrec.users.transitions`).
 """
 
 from __future__ import annotations
@@ -145,9 +145,12 @@ def main(argv: list[str] | None = None) -> int:
         s = np.stack([rec.rank_scores(uid, np.arange(n_items)) for uid in users])
         scores[name] = s
         top10[name] = np.stack([rec.top_k(uid, 10) for uid in users])  # exactly what offline_metrics scores
-    seq_env = make_env("simrec/MovieLensSeq-v0", {"world": world_cfg})  # the same split, order-aware calibration
-    seq_env.reset(seed=a.seed)
-    for label, e in (("simulator utility (MovieLens-v0)", env), ("simulator utility, order-aware (MovieLensSeq-v0)", seq_env)):
+    sims = [("simulator utility (MovieLens-v0)", env)]
+    for v in ("v0", "v1"):  # the same split, order-aware calibrations (v0: weight by likelihood; v1: by NDCG)
+        e = make_env(f"simrec/MovieLensSeq-{v}", {"world": world_cfg})
+        e.reset(seed=a.seed)
+        sims.append((f"simulator utility, order-aware (MovieLensSeq-{v})", e))
+    for label, e in sims:
         model, p_ = EmbeddedCognition(e.sim_spec.choice), e.sim.pop
         scores[label] = np.stack([model.utilities_one(p_, p_.index_of(uid), np.arange(n_items))
                                   for uid in users]).astype(np.float64)

@@ -34,7 +34,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--agreement-json", default=str(ROOT / "benchmarks" / "results" / "agreement-ml100k.json"))
     p.add_argument("--recommenders", default="random-unseen,mostpop,itemknn,als,bpr,ease,sasrec,multvae,bad")
     p.add_argument("--users", type=int, default=400)
-    p.add_argument("--env", default="simrec/MovieLens-v0", help="calibrated env (simrec/MovieLensSeq-v0: order-aware)")
+    p.add_argument("--env", default="simrec/MovieLens-v0", help="calibrated env (simrec/MovieLensSeq-v1: order-aware)")
     p.add_argument("--json", default=None)
     a = p.parse_args(argv)
 

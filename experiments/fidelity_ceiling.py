@@ -204,7 +204,7 @@ def main() -> None:
     ap.add_argument("--ease-items", type=int, default=4000,
                     help="fit EASE on at most this many of the most popular items (default 4000)")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--spec", default="movielens-v0", help="calibrated env spec (movielensseq-v0: order-aware)")
+    ap.add_argument("--spec", default="movielens-v0", help="calibrated env spec (movielensseq-v1: order-aware)")
     args = ap.parse_args()
     spec = EnvSpec.builtin(args.spec)
     world_over: dict = {"split": {"kind": args.split, "train_ratio": 0.8}}

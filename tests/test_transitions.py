@@ -92,6 +92,147 @@ def test_calibration_fits_a_sequence_weight_where_order_predicts_the_next_item()
     assert cal.choice["temperature"] == cal.report["temperature"] > 0
 
 
+def test_the_sequence_weight_is_the_one_that_ranks_the_validation_slice_best():
+    cal = calibrate(_chain_log(), ORDER_AWARE, seed=0)  # sequence_weight_by="ndcg", the default
+    nd = cal.report["validation_sequence_ndcg@10"]
+    w = f"{cal.report['sequence_weight']:g}"
+    assert nd[w] > nd["0"] + 0.2  # on chains the next item is predictable from the last one
+    assert nd[w] >= max(nd.values()) - 0.02  # the pick is (within the paired-SE rule) the best ranker
+    by_ll = calibrate(_chain_log(), ORDER_AWARE.model_copy(update={"sequence_weight_by": "likelihood"}), seed=0)
+    assert "validation_sequence_ndcg@10" not in by_ll.report and by_ll.report["sequence_weight"] > 0
+    ll = by_ll.report["validation_choice_loglik"]
+    assert ll[f"{by_ll.report['sequence_weight']:g}"] == pytest.approx(max(ll.values()), abs=1e-3)
+
+
+def _hit_log(n_users: int = 240, n_groups: int = 5, group_items: int = 20, taste_share: float = 0.9, seed: int = 0):
+    """Taste groups with disjoint blocks of the catalog; a ``taste_share`` of each user's items come from
+    their group's block (the rest uniformly), up to 16 distinct items each, one per hour."""
+    rng = np.random.default_rng(seed)
+    n_items = n_groups * group_items
+    users, items, ts = [], [], []
+    for u in range(n_users):
+        own = np.arange(group_items) + group_items * (u % n_groups)
+        pool = np.where(rng.random(16) < taste_share, rng.choice(own, 16), rng.integers(0, n_items, 16))
+        for k, i in enumerate(dict.fromkeys(pool.tolist())):
+            users.append(u)
+            items.append(i)
+            ts.append(1_000_000 + 3600 * (u * 16 + k))
+    n = len(users)
+    genres = [f"g{g}" for g in range(n_groups)]
+    items_t = ItemTable(ids=[str(k) for k in range(n_items)], titles=[f"Film {k}" for k in range(n_items)],
+                        texts=[""] * n_items, genres=[[genres[k // group_items]] for k in range(n_items)],
+                        years=np.zeros(n_items, np.int32), genre_names=genres)
+    return InteractionLog("hits", np.array(users), np.array(items), np.full(n, np.nan, np.float32),
+                          np.ones(n, np.float32), np.array(ts, np.int64), items_t,
+                          UserTable.anonymous([str(u) for u in range(n_users)]), timed=True)
+
+
+SLATE_FIT = CalibrationConfig(watch_iters=60, fit_temperature=True, fit_slate_no_click=True)
+
+
+def test_slate_no_click_reproduces_the_validation_hit_rate_and_rises_when_slates_hit_less():
+    sharp = calibrate(_hit_log(taste_share=0.95), SLATE_FIT, seed=0)
+    hits = sharp.report["validation_slate_hits"]
+    real, fitted = np.array(list(hits.values())).T
+    # the intercept of a logistic fit: the mean fitted click probability is the mean real hit rate
+    assert fitted.mean() == pytest.approx(real.mean(), abs=0.02)
+    assert hits["ranks 1-5"][0] > hits["random"][0] + 0.2  # the top of the ranking does hit more often
+    assert hits["ranks 1-5"][1] > hits["random"][1]
+    assert sharp.choice["slate_no_click"] == sharp.report["slate_no_click"]
+    # users whose later items are mostly random hit the same slates less often: they must be choosier
+    blunt = calibrate(_hit_log(taste_share=0.3), SLATE_FIT, seed=0)
+    assert blunt.report["validation_slate_hits"]["ranks 1-5"][0] < hits["ranks 1-5"][0]
+    assert blunt.report["slate_no_click"] > sharp.report["slate_no_click"]
+    off = calibrate(_hit_log(), CalibrationConfig(watch_iters=60), seed=0)
+    assert "slate_no_click" not in off.choice and "validation_slate_hits" not in off.report
+
+
+def _drift_log(n_users: int = 300, n_items: int = 80, ordered: bool = True, seed: int = 0):
+    """Users pick 16 distinct items by Zipf popularity; with ``ordered`` they watch the popular ones first, so
+    each user's later items are the less popular ones (the drift ML-100K's temporal split shows)."""
+    rng = np.random.default_rng(seed)
+    p = 1.0 / np.arange(1, n_items + 1) ** 0.8
+    users, items, ts = [], [], []
+    for u in range(n_users):
+        picked = rng.choice(n_items, 16, replace=False, p=p / p.sum())
+        picked = np.sort(picked) if ordered else picked  # item id = popularity rank
+        for k, i in enumerate(picked.tolist()):
+            users.append(u)
+            items.append(i)
+            ts.append(1_000_000 + 3600 * (u * 16 + k))
+    n = len(users)
+    genres = ["a", "b"]
+    items_t = ItemTable(ids=[str(k) for k in range(n_items)], titles=[f"Film {k}" for k in range(n_items)],
+                        texts=[""] * n_items, genres=[[genres[k % 2]] for k in range(n_items)],
+                        years=np.zeros(n_items, np.int32), genre_names=genres)
+    return InteractionLog("drift", np.array(users), np.array(items), np.full(n, np.nan, np.float32),
+                          np.ones(n, np.float32), np.array(ts, np.int64), items_t,
+                          UserTable.anonymous([str(u) for u in range(n_users)]), timed=True)
+
+
+POP_FIT = CalibrationConfig(watch_iters=60, fit_popularity_shift=True)
+
+
+def test_popularity_shift_is_negative_where_later_items_are_less_popular():
+    drift = calibrate(_drift_log(), POP_FIT, seed=0)
+    nd = drift.report["validation_popularity_shift_ndcg@10"]
+    g = drift.report["popularity_shift"]
+    assert g < 0 and nd[f"{g:g}"] > nd["0"] + 0.02 and nd[f"{g:g}"] == max(nd.values())
+    assert drift.choice["popularity_shift"] == g
+    # the same users in random order: later items are as popular as earlier ones, so the shift is not negative
+    # (this short fit under-weights popularity, and the validation slice says so: the shift is positive)
+    flat = calibrate(_drift_log(ordered=False), POP_FIT, seed=0)
+    assert flat.report["popularity_shift"] > 0 > g
+    assert "popularity_shift" not in calibrate(_drift_log(), CalibrationConfig(watch_iters=60), seed=0).choice
+
+
+def test_popularity_shift_adds_to_every_users_popularity_weight():
+    from simrec.cognition.embedded import EmbeddedCognition
+    from simrec.envs.simulator import Simulator
+    from simrec.envs.spec import resolve_spec
+    from simrec.users.world import World, build_world
+
+    w = build_world(seed=0, n_items=200, n_topics=5, dim=8, n_personas=20)
+    spec = resolve_spec("synthetic-v0").with_overrides(world={"n_items": 200, "n_topics": 5, "dim": 8, "n_personas": 20},
+                                                       choice={"popularity_shift": None})
+    sim = Simulator(spec, World(w.catalog, w.personas, None, {"popularity_shift": -2.0}))
+    assert sim.spec.choice.popularity_shift == -2.0
+    sim.reset_population(np.random.default_rng(1))
+    users, slates = np.arange(20), np.tile(np.arange(0, 40, 4), (20, 1))
+    on = EmbeddedCognition(sim.spec.choice)
+    off = EmbeddedCognition(sim.spec.choice.model_copy(update={"popularity_shift": 0.0}))
+    diff = on.utilities(sim.pop, users, slates) - off.utilities(sim.pop, users, slates)
+    np.testing.assert_allclose(diff, -2.0 * (w.catalog.popularity[slates] - 0.5), rtol=1e-5, atol=1e-5)
+    one = on.utilities_one(sim.pop, 3, slates[3]) - off.utilities_one(sim.pop, 3, slates[3])
+    np.testing.assert_allclose(one, diff[3], rtol=1e-5, atol=1e-5)  # the single-user path too
+
+
+def test_slate_no_click_makes_users_choosier_among_slates_but_not_in_judgements():
+    from simrec.cognition.embedded import EmbeddedCognition
+    from simrec.envs.simulator import Simulator
+    from simrec.envs.spec import resolve_spec
+    from simrec.users.world import World, build_world
+
+    w = build_world(seed=0, n_items=200, n_topics=5, dim=8, n_personas=40)
+    over = {"world": {"n_items": 200, "n_topics": 5, "dim": 8, "n_personas": 40}}
+    clicks, watched = {}, {}
+    for v in (0.0, 3.0):
+        spec = resolve_spec("synthetic-v0").with_overrides(**over, choice={"slate_no_click": None})
+        sim = Simulator(spec, World(w.catalog, w.personas, None, {"slate_no_click": v}))
+        assert sim.spec.choice.slate_no_click == v  # None in the spec: the world's value
+        sim.reset_population(np.random.default_rng(1))
+        users, slates = np.arange(40), np.tile(np.arange(5), (40, 1))
+        rng = np.random.default_rng(2)
+        model = EmbeddedCognition(sim.spec.choice)
+        clicks[v] = np.mean([model.decide(sim.pop, users, slates, rng).clicked.any(axis=1).mean() for _ in range(50)])
+        watched[v] = model.judge(sim.pop, users, slates, rng).watch.mean()
+        # the single-user fast path applies the same offset
+        fast = np.mean([model.decide_one(sim.pop, u, slates[0], rng).clicked.any() for u in range(40) for _ in range(10)])
+        assert fast == pytest.approx(clicks[v], abs=0.06)
+    assert clicks[3.0] < clicks[0.0] - 0.1
+    assert watched[3.0] == watched[0.0]
+
+
 def test_untimed_logs_get_no_sequence_model():
     cal = calibrate(_chain_log(timed=False), ORDER_AWARE, seed=0)
     assert cal.transitions is None and "sequence_weight" in cal.report and cal.report["sequence_weight"] == 0.0
@@ -100,20 +241,32 @@ def test_untimed_logs_get_no_sequence_model():
     assert off.transitions is None and off.choice == {} and "sequence_weight" not in off.report
 
 
-def test_movielens_seq_spec_turns_both_on_and_movielens_v0_keeps_the_static_model():
+def test_movielens_seq_specs_turn_the_fits_on_and_movielens_v0_keeps_the_static_model():
     from simrec.envs.spec import resolve_spec
 
-    seq, static = resolve_spec("movielensseq-v0"), resolve_spec("movielens-v0")
-    assert seq.id == "simrec/MovieLensSeq-v0"
-    assert seq.world.calibration["sequence"] and seq.world.calibration["fit_temperature"]
-    assert seq.choice.temperature is None and seq.choice.sequence is None  # both from the world
-    assert not CalibrationConfig(**static.world.calibration).sequence and static.choice.temperature == 1.0
-    # the rest of the two specs is the same
-    a, b = seq.model_dump(), static.model_dump()
-    for d in (a, b):
-        d.pop("id"), d.pop("description"), d["choice"].pop("temperature")
-        d["world"]["calibration"].pop("sequence", None), d["world"]["calibration"].pop("fit_temperature", None)
-    assert a == b
+    v1, v0, static = resolve_spec("movielensseq-v1"), resolve_spec("movielensseq-v0"), resolve_spec("movielens-v0")
+    assert (v1.id, v0.id) == ("simrec/MovieLensSeq-v1", "simrec/MovieLensSeq-v0")
+    fits = ("sequence", "fit_temperature", "fit_slate_no_click", "fit_popularity_shift")
+    v1_cal, v0_cal = CalibrationConfig(**v1.world.calibration), CalibrationConfig(**v0.world.calibration)
+    assert all(getattr(v1_cal, k) for k in fits) and v1_cal.sequence_weight_by == "ndcg" and v1_cal.choice_scales is None
+    assert all(getattr(v1.choice, k) is None for k in ("temperature", "sequence", "slate_no_click", "popularity_shift"))
+    # v0 keeps what its published numbers were made with: weight by likelihood, the coarse scale grid, no choosiness
+    assert v0_cal.sequence and v0_cal.fit_temperature and not v0_cal.fit_slate_no_click
+    assert not v0_cal.fit_popularity_shift and v0.choice.popularity_shift == 0.0
+    assert v0_cal.sequence_weight_by == "likelihood" and v0_cal.choice_scales == [round(0.3 + 0.1 * k, 1) for k in range(13)]
+    assert v0.choice.slate_no_click == 0.0
+    static_cal = CalibrationConfig(**static.world.calibration)
+    assert not any(getattr(static_cal, k) for k in fits)
+    assert static.choice.temperature == 1.0 and static.choice.slate_no_click == 0.0
+    # the rest of the three specs is the same
+    dumps = [v1.model_dump(), v0.model_dump(), static.model_dump()]
+    for d in dumps:
+        d.pop("id"), d.pop("description")
+        for k in ("temperature", "slate_no_click", "popularity_shift"):
+            d["choice"].pop(k)
+        for k in fits + ("sequence_weight_by", "choice_scales"):
+            d["world"]["calibration"].pop(k, None)
+    assert dumps[0] == dumps[1] == dumps[2]
 
 
 # -- in the simulator ------------------------------------------------------------------------------
@@ -198,5 +351,9 @@ def test_for_world_fills_only_what_the_spec_leaves_open():
     assert spec.for_world(calibrated).choice.temperature == 1.7
     assert spec.for_world(w).choice.temperature == 1.0  # no calibrated value: the default scale
     assert spec.for_world(w).choice.sequence == 0.0
+    assert spec.for_world(w).choice.slate_no_click == 0.0  # synthetic-v0 sets 0.0; None would ask the world
+    open_nc = resolve_spec("synthetic-v0").with_overrides(choice={"slate_no_click": None})
+    assert open_nc.for_world(World(w.catalog, w.personas, None, {"slate_no_click": 4.2})).choice.slate_no_click == 4.2
+    assert open_nc.for_world(w).choice.slate_no_click == 0.0
     fixed = resolve_spec("synthetic-v0").with_overrides(choice={"temperature": 2.5})
     assert fixed.for_world(calibrated).choice.temperature == 2.5

@@ -40,6 +40,10 @@ class ChoiceConfig(BaseModel):
     affinity: float = Field(4.0, description="Weight of taste-item similarity.")
     quality: float = Field(1.5, description="Weight of intrinsic item quality.")
     conformity: float = Field(1.0, description="Weight of popularity, scaled by the conformity trait.")
+    popularity_shift: float | None = Field(0.0, description=(
+        "Weight of popularity for every user, on top of conformity (calibrated worlds: how much later choices "
+        "lean away from, or toward, what was popular). None: the world's calibrated value "
+        "(calibration.fit_popularity_shift; 0.0 for worlds without one)."))
     novelty: float = Field(1.0, description="Weight of topic novelty, signed by the diversity trait.")
     boredom: float = Field(1.5, description="Weight of per-topic boredom.")
     temperature: float | None = Field(1.0, gt=0, description=(
@@ -47,6 +51,10 @@ class ChoiceConfig(BaseModel):
         "(calibration.fit_temperature; 1.0 for worlds without one)."))
     position_decay: float = Field(0.5, ge=0, description="Attention at position k is (k+1)**-position_decay.")
     no_click: float = Field(0.5, description="Base utility of choosing nothing.")
+    slate_no_click: float | None = Field(0.0, description=(
+        "Extra utility of choosing nothing from a slate (not in one-item judgements, whose threshold is "
+        "no_click): how choosy browsing users are. None: the world's calibrated value "
+        "(calibration.fit_slate_no_click; 0.0 for worlds without one)."))
     sequence: float | None = Field(None, ge=0, description=(
         "Weight of order-aware short-term interest (simrec.users.transitions) in the utility; None: the weight "
         "the world was calibrated with (worlds without transitions have none)."))
@@ -77,6 +85,9 @@ class EmbeddedCognition:
         self.config = config if isinstance(config, ChoiceConfig) else ChoiceConfig(**(config or {}))
         if self.config.temperature is None:  # a spec not resolved against its world (EnvSpec.for_world)
             self.config = self.config.model_copy(update={"temperature": 1.0})
+        for k in ("slate_no_click", "popularity_shift"):
+            if getattr(self.config, k) is None:
+                self.config = self.config.model_copy(update={k: 0.0})
         self._logpos = -self.config.position_decay * np.log1p(np.arange(256, dtype=np.float32))
         self._logpos_list = self._logpos.tolist()
         self._blocks: dict[int, np.ndarray] = {}
@@ -93,6 +104,8 @@ class EmbeddedCognition:
         c = self.config  # and the single-user path's other scalars, read once (pydantic attribute reads are slow)
         self._p_one = (c.novelty, c.conformity, c.rating_dims, c.rating_noise, c.consumption_scale, c.rate_prob)
         self._c_no_click = (c.no_click, c.no_click_pickiness, c.no_click_fatigue)
+        self._slate_no_click = c.slate_no_click
+        self._popularity_shift = c.popularity_shift
         self._c_rating = (c.rating_conformity, c.rating_dims, c.rating_scale, c.rating_pickiness)
         self._c_leave = (c.leave_base, c.leave_fatigue, c.leave_satisfaction, c.leave_no_click)
         self._sequence = c.sequence
@@ -129,7 +142,7 @@ class EmbeddedCognition:
         if c.rating_dims:  # rating-only dimensions (calibrated worlds) do not drive choice
             w[:, d - c.rating_dims:d, 0] = 0.0
         w[:, d, 0] = c.quality
-        w[:, d + 1, 0] = c.conformity * tr[:, 1]
+        w[:, d + 1, 0] = c.conformity * tr[:, 1] + c.popularity_shift
         share = tc / np.maximum(tc.sum(axis=1, keepdims=True), 1e-6)
         w[:, d + 2:, 0] = -(c.boredom * rows(pop.state.boredom, users) + nov[:, None] * share)
         blk = np.take(self.item_block(pop.catalog), slates, axis=0)
@@ -166,7 +179,7 @@ class EmbeddedCognition:
         np.multiply(taste, self._c_affinity, out=wt)
         if rating_dims:
             w[d - rating_dims:d] = 0.0
-        w[d + 1] = conformity_w * conformity
+        w[d + 1] = conformity_w * conformity + self._popularity_shift
         np.multiply(state.boredom[u], self._c_neg_boredom, out=wb)
         s = self._s
         total = float(_add_reduce(tc))
@@ -253,7 +266,7 @@ class EmbeddedCognition:
         fatigue = pop.state.fatigue[users]
         z = np.empty((B, K + 1))
         z[:, :K] = util / c.temperature + self._logpos[:K]
-        z[:, K] = self.no_click_utility(tr[:, 4], fatigue) / c.temperature
+        z[:, K] = (self.no_click_utility(tr[:, 4], fatigue) + self._slate_no_click) / c.temperature
         noise = rng.random((B, K + 4))  # gumbel for choice, then consumption, rating gate, leave
         z -= np.log(-np.log(noise[:, : K + 1]))
         choice = z.argmax(axis=1)  # K means "nothing"
@@ -316,7 +329,7 @@ class EmbeddedCognition:
         inv_t = self._inv_t
         lp = self._logpos_list
         log = math.log
-        choice, best = K, self.no_click_utility(pickiness, fatigue) * inv_t - log(-log(noise[K]))
+        choice, best = K, (self.no_click_utility(pickiness, fatigue) + self._slate_no_click) * inv_t - log(-log(noise[K]))
         for k in range(K):  # Gumbel-max; strict ">" keeps numpy's first-maximum tie rule
             z = ut[k] * inv_t + lp[k] - log(-log(noise[k]))
             if z > best or (z == best and k < choice):

@@ -37,13 +37,16 @@ What is estimated, and how it maps onto the embedded model (``simrec.cognition.e
   measure how later interactions differ (later items are less popular and rated lower); the
   decision threshold (via the negative class weight) and a rating offset are set from it, then
   everything is refitted on the whole train split.
-* **Order and choice scale** (``sequence`` and ``fit_temperature``, off by default and on in
-  ``simrec/MovieLensSeq-v0``; also on the validation slice): on a timed log, what followed each item
+* **Order and choice** (``sequence``, ``fit_temperature`` and ``fit_slate_no_click``, off by default and
+  on in ``simrec/MovieLensSeq-v1``; also on the validation slice): on a timed log, what followed each item
   in the users' train sequences (:class:`~simrec.users.transitions.Transitions`, the simulated user's
-  order-aware short-term interest), with its utility weight, and the temperature of the choice model's
-  multinomial logit, chosen together as the values under which the held-back items are the most likely
-  free choices from the user's unseen items (:func:`_fit_choice`); the weight stays 0 when order does not
-  make them likelier. Personas keep their last train items as ``recent_items``.
+  order-aware short-term interest), with its utility weight, the one under which the utility ranks the
+  held-back items best among the user's unseen items (NDCG@10; 0 when order does not clearly help); the
+  temperature of the choice model's multinomial logit, the one under which they are the most likely
+  free choices at that weight (:func:`_fit_choice`); and how choosy users are among a slate, the extra
+  utility of choosing nothing under which users click slates as often as real users go on to consume
+  one of their items (:func:`_fit_slate_no_click`). Personas keep their last train items as
+  ``recent_items``.
 * **Persona descriptions** in plain language from the train history, in the log's
   :class:`~simrec.data.log.Vocabulary` (template; an OpenAI-compatible
   model may rewrite them, see :func:`enrich_descriptions`).
@@ -63,6 +66,7 @@ import shutil
 import time
 import uuid
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Literal
@@ -91,7 +95,7 @@ from simrec.users.world import World
 DEFAULT_DATA_DIR = "../shared/datasets/ml-100k"
 SESSION_GAP_S = 3600
 #: Bump when :func:`calibrate` gives a different world for the same inputs (invalidates on-disk caches).
-CALIBRATION_VERSION = 4
+CALIBRATION_VERSION = 5
 
 logger = logging.getLogger(__name__)
 
@@ -146,6 +150,15 @@ class CalibrationConfig(BaseModel):
         "Timed logs: fit order-aware short-term interest (simrec.users.transitions: what followed the user's "
         "recent items in the train sequences) and pick its utility weight on the validation slice (0 when it "
         "does not help there). Logs without timestamps have no order and never get one."))
+    sequence_weight_by: Literal["ndcg", "likelihood"] = Field("ndcg", description=(
+        "How the validation slice picks the sequence weight: 'ndcg', the weight whose utility ranks the "
+        "held-back items best (NDCG@10 over all unseen items; slates show the top of a ranking, so that is the "
+        "part the choice model must get right), or 'likelihood', the weight under which they are the likeliest "
+        "free choices (dominated by the long tail of unlikely items). The temperature is fitted by likelihood "
+        "either way."))
+    choice_scales: list[float] | None = Field(None, description=(
+        "The scales 1 / temperature the validation likelihood searches (fit_temperature); None: "
+        "calibration.CHOICE_SCALES, 0.1 to 1.5 in steps of 0.05."))
     sequence_window: int = Field(20, ge=1, description="Steps within which a later item counts as following one.")
     sequence_top: int = Field(100, ge=1, description="Successors kept per item (the model holds n_items x this).")
     sequence_recent: int = Field(10, ge=1, description="Recent items a simulated user keeps for the sequence score.")
@@ -154,8 +167,26 @@ class CalibrationConfig(BaseModel):
         "Set the choice temperature from the validation slice (the multinomial-logit scale under which the "
         "held-back items are most likely; see the report's 'temperature'); the spec's choice.temperature must "
         "be null for the world's value to be used."))
+    fit_popularity_shift: bool = Field(False, description=(
+        "Timed logs, with sequence_weight_by 'ndcg': set a popularity weight for every user "
+        "(choice.popularity_shift) to the one under which the utility ranks the validation slice best, where it "
+        "beats none clearly. Later interactions tend to be less popular than the history the taste is fitted "
+        "on; the spec's choice.popularity_shift must be null for it to be used."))
+    fit_slate_no_click: bool = Field(False, description=(
+        "Set how choosy users are among a slate (choice.slate_no_click, the extra utility of choosing nothing "
+        "from a slate) so that simulated users click slates from the top to the tail of their own ranking as "
+        "often as real users go on to consume one of the slate's items in the validation slice (see the "
+        "report's 'validation_slate_hits'); the spec's choice.slate_no_click must be null for it to be used."))
     sequence_max_pairs: int = Field(20_000_000, ge=1, description=(
         "At most this many (item, later item) pairs are counted: long logs get a shorter window."))
+
+    @field_validator("choice_scales")
+    @classmethod
+    def _positive_scales(cls, v: list[float] | None) -> list[float] | None:
+        if v is not None and (not v or min(v) <= 0):
+            raise ValueError("choice_scales must be a non-empty list of positive scales (1 / temperature), "
+                             "e.g. [0.3, 0.6, 1.0]; or null for the default grid")
+        return v
 
 
 @dataclass
@@ -450,7 +481,7 @@ def _offsets_parts(st: _Stats, choice: ChoiceConfig) -> tuple[np.ndarray, np.nda
     user_const = choice.novelty * (2.0 * tr[:, 2] - 1.0) - (
         choice.no_click + choice.no_click_pickiness * (tr[:, 4] - 0.5))
     item_const = choice.quality * (st.quality - 0.5)
-    return user_const, item_const, choice.conformity * tr[:, 1]
+    return user_const, item_const, choice.conformity * tr[:, 1] + (choice.popularity_shift or 0.0)
 
 
 def _positive_pairs(train: InteractionLog, cfg: CalibrationConfig) -> tuple[np.ndarray, np.ndarray]:
@@ -631,43 +662,74 @@ def _fit_transitions(log: InteractionLog, cfg: CalibrationConfig, weight: float)
                            decay=cfg.sequence_decay, recent=cfg.sequence_recent), seqs
 
 
-CHOICE_SCALES = tuple(round(x, 2) for x in np.arange(0.3, 1.51, 0.1))
+CHOICE_SCALES = tuple(round(x, 2) for x in np.arange(0.1, 1.51, 0.05))
 
 
 def _fit_choice(fit: _WatchFit, st: _Stats, choice: ChoiceConfig, fit_log: InteractionLog, val: InteractionLog,
                 trans: Transitions | None, recent: np.ndarray | None, rng: np.random.Generator,
                 exact_items: int = 4096, sample_items: int = 2048, max_users: int = 5_000,
-                chunk: int = 256) -> tuple[float, float, dict[str, float]]:
-    """The sequence weight and the choice temperature under which the validation slice is most likely.
+                chunk: int = 256, by: str = "ndcg", rank_users: int = 1000,
+                scales: Sequence[float] = CHOICE_SCALES, shifts: Sequence[float] = (0.0,),
+                ) -> tuple[float, float, float, dict[str, dict[str, float]]]:
+    """The sequence weight, the popularity shift and the choice temperature, fitted on the validation slice.
 
     The embedded model's free choice is a multinomial logit over ``utility / temperature``; each held-back
     item is a choice from every item its user had not interacted with in ``fit_log`` (``recent``: the end
-    of ``fit_log``, every user's recent items). The mean log-likelihood is maximised over the sequence
-    weights in :data:`SEQUENCE_WEIGHTS` (0 only without ``trans``) and the scales ``1 / temperature`` in
-    :data:`CHOICE_SCALES`. Catalogs past ``exact_items`` items estimate each user's normaliser from
+    of ``fit_log``, every user's recent items). The sequence weight (one of :data:`SEQUENCE_WEIGHTS`, 0
+    only without ``trans``) is the one whose utility ranks the held-back items best (``by="ndcg"``:
+    NDCG@10 over every unseen item, at most ``rank_users`` users; a larger weight must beat the best
+    smaller one by two paired standard errors) or under which they are most likely (``by="likelihood"``).
+    With ``by="ndcg"``, the popularity shift (``ChoiceConfig.popularity_shift``, one of ``shifts``) is then
+    the one that ranks them best at that weight, where it beats no shift by two paired standard errors.
+    The temperature is ``1 / scale`` for the scale in ``scales`` that maximises the mean log-likelihood
+    at that weight and shift. Catalogs past ``exact_items`` items estimate each user's normaliser from
     ``sample_items`` uniformly drawn items; at most ``max_users`` users enter. Returns the weight, the
-    temperature and the log-likelihood of the best scale at each weight."""
+    shift, the temperature and tables: per weight, the log-likelihood of the best scale (``"loglik"``),
+    and with ``by="ndcg"`` the NDCG@10 per weight (``"ndcg@10"``) and per shift (``"shift_ndcg@10"``)."""
     users = np.flatnonzero(np.bincount(val.user, minlength=val.n_users))
     if users.size > max_users:
         users = np.sort(rng.choice(users, max_users, replace=False))
     ni = val.n_items
     seen = PairSet(fit_log.user, fit_log.item, ni)
     weights = SEQUENCE_WEIGHTS if trans is not None else (0.0,)
-    scales = np.asarray(CHOICE_SCALES)
+    scales = np.asarray(scales, dtype=np.float64)
+    vu, vi = val.user.astype(np.int64), val.item.astype(np.int64)
+    order = np.argsort(vu, kind="stable")
+    vu, vi = vu[order], vi[order]
+    tables: dict[str, dict[str, float]] = {}
+
+    def clearly_better(nd: np.ndarray, j: int, k: int) -> bool:  # paired over users
+        d = nd[:, j] - nd[:, k]
+        return bool(d.mean() > 2.0 * d.std() / math.sqrt(max(d.size, 1)))
+
+    k, shift = 0, 0.0
+    if by == "ndcg" and (len(weights) > 1 or len(shifts) > 1):
+        rank_u = users if users.size <= rank_users else np.sort(rng.choice(users, rank_users, replace=False))
+        nd = _rank_weights(fit, st, choice, seen, vu, vi, trans, recent, weights, rank_u)
+        tables["ndcg@10"] = {f"{w:g}": round(float(v), 5) for w, v in zip(weights, nd.mean(axis=0))}
+        for j in range(1, len(weights)):  # a larger weight must beat the best smaller one clearly
+            if clearly_better(nd, j, k):
+                k = j
+        if len(shifts) > 1:
+            grid = [0.0] + [float(g) for g in shifts if g != 0]
+            nd = np.concatenate([_rank_weights(fit, st, choice.model_copy(update={"popularity_shift": g}), seen,
+                                               vu, vi, trans, recent, (weights[k],), rank_u) for g in grid], axis=1)
+            tables["shift_ndcg@10"] = {f"{g:g}": round(float(v), 5) for g, v in zip(grid, nd.mean(axis=0))}
+            best = int(np.argmax(nd.mean(axis=0)))
+            if best and clearly_better(nd, best, 0):
+                shift = grid[best]
+    ch = choice.model_copy(update={"popularity_shift": shift}) if shift else choice
     # per (weight, scale): sum over positives of a * s_pos, and of each positive's user's log normaliser
     pos_sum = np.zeros((len(weights), scales.size))
     lse_sum = np.zeros((len(weights), scales.size))
     n_pos = 0
-    vu, vi = val.user.astype(np.int64), val.item.astype(np.int64)
-    order = np.argsort(vu, kind="stable")
-    vu, vi = vu[order], vi[order]
     starts, ends = np.searchsorted(vu, users), np.searchsorted(vu, users, side="right")
     n_seen = np.bincount(seen.keys // ni, minlength=val.n_users)  # distinct items per user in fit_log
     for c in range(0, users.size, chunk):
         u = users[c:c + chunk]
         items = np.arange(ni) if ni <= exact_items else np.sort(rng.choice(ni, sample_items, replace=False))
         U, M = u.size, items.size
-        logit = _watch_logits(fit, st, choice, np.repeat(u, M), np.tile(items, U)).reshape(U, M)
+        logit = _watch_logits(fit, st, ch, np.repeat(u, M), np.tile(items, U)).reshape(U, M)
         unseen = ~seen.contains_keys(u[:, None] * ni + items[None, :])
         # the sampled unseen items stand for all of the user's unseen items, in proportion
         log_ratio = np.log(np.maximum(ni - n_seen[u], 1)) - np.log(np.maximum(unseen.sum(axis=1), 1))
@@ -675,7 +737,7 @@ def _fit_choice(fit: _WatchFit, st: _Stats, choice: ChoiceConfig, fit_log: Inter
         idx = np.concatenate([np.arange(a_, b_) for a_, b_ in zip(starts[c:c + chunk], ends[c:c + chunk])])
         owner = np.repeat(np.arange(U), ends[c:c + chunk] - starts[c:c + chunk])  # row of each positive's user
         pu, pi = vu[idx], vi[idx]
-        lp = _watch_logits(fit, st, choice, pu, pi)
+        lp = _watch_logits(fit, st, ch, pu, pi)
         sp = trans.scores(recent[pu], pi[:, None])[:, 0] if trans is not None else None
         n_pos += pu.size
         for a_w, w in enumerate(weights):
@@ -689,13 +751,119 @@ def _fit_choice(fit: _WatchFit, st: _Stats, choice: ChoiceConfig, fit_log: Inter
                 lse_sum[a_w, a_s] += lse[owner].sum()
     ll = (pos_sum - lse_sum) / max(n_pos, 1)
     best_per_weight = ll.max(axis=1)
-    table = {f"{w:g}": round(float(v), 5) for w, v in zip(weights, best_per_weight)}
-    k = 0
-    for j in range(1, len(weights)):  # a larger weight must beat the best smaller one clearly
-        if best_per_weight[j] > best_per_weight[k] + 1e-3:
-            k = j
+    tables["loglik"] = {f"{w:g}": round(float(v), 5) for w, v in zip(weights, best_per_weight)}
+    if by == "likelihood":
+        for j in range(1, len(weights)):  # a larger weight must beat the best smaller one clearly
+            if best_per_weight[j] > best_per_weight[k] + 1e-3:
+                k = j
     scale = float(scales[int(np.argmax(ll[k]))])
-    return float(weights[k]), round(1.0 / scale, 4), table
+    return float(weights[k]), shift, round(1.0 / scale, 4), tables
+
+
+def _unseen_logits(fit: _WatchFit, st: _Stats, choice: ChoiceConfig, seen: PairSet, vu: np.ndarray,
+                   vi: np.ndarray, u: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Watch logits ``(U, n_items)`` of users ``u`` for every item, -inf where ``seen``, and which items are
+    the users' validation items (``vu``/``vi`` sorted by user)."""
+    ni = fit.item.shape[0]
+    items = np.arange(ni)
+    logit = _watch_logits(fit, st, choice, np.repeat(u, ni), np.tile(items, u.size)).reshape(u.size, ni)
+    logit[seen.contains_keys(u[:, None] * ni + items[None, :])] = -np.inf
+    rel = np.zeros(logit.shape, bool)
+    a_, b_ = np.searchsorted(vu, u), np.searchsorted(vu, u, side="right")
+    rel[np.repeat(np.arange(u.size), b_ - a_), vi[np.concatenate([np.arange(x, y) for x, y in zip(a_, b_)])]] = True
+    return logit, rel
+
+
+#: The popularity shifts :func:`_fit_choice` tries (``ChoiceConfig.popularity_shift``; item popularity is a
+#: percentile minus 1/2, so a shift of -5 moves utility by 5 from the least to the most popular item).
+POPULARITY_SHIFTS = (-8.0, -6.0, -5.0, -4.0, -3.0, -2.0, -1.0, 0.0, 1.0, 2.0, 3.0)
+
+
+#: The slates :func:`_fit_slate_no_click` shows: blocks of 5 of the model's own ranking starting at these ranks
+#: (the top of the ranking, where recommenders' slates come from, down to the tail), and 5 random unseen items.
+SLATE_RANKS = (0, 5, 10, 20, 50, 100, 200, 400)
+
+
+def _fit_slate_no_click(fit: _WatchFit, st: _Stats, choice: ChoiceConfig, fit_log: InteractionLog,
+                        val: InteractionLog, trans: Transitions | None, recent: np.ndarray | None,
+                        seq_weight: float, shift: float, temperature: float, rng: np.random.Generator,
+                        max_users: int = 1000, chunk: int = 32) -> tuple[float, dict[str, list[float]]]:
+    """The extra utility of choosing nothing from a slate (``ChoiceConfig.slate_no_click``) under which a
+    simulated user clicks a slate as often as real users go on to consume one of its items.
+
+    Every validation user (at most ``max_users``) is shown the slates of :data:`SLATE_RANKS` from the
+    inner fit's utility (``shift``: the validation logit shift the final fit builds in; the sequence term at
+    ``seq_weight``). A slate is a real hit when it holds one of the user's validation items; the
+    simulated user's first-step click probability is the embedded multinomial logit's, at ``temperature``,
+    with the position decay. Its log-odds are ``L - slate_no_click / temperature``, so the value is the
+    intercept of a one-parameter logistic regression of hits on ``L`` (concave: a bounded 1-D search).
+    Returns it and, per slate, the real hit rate and the fitted click probability."""
+    from scipy.optimize import minimize_scalar
+
+    ni = val.n_items
+    seen = PairSet(fit_log.user, fit_log.item, ni)
+    users = np.flatnonzero(np.bincount(val.user, minlength=val.n_users))
+    if users.size > max_users:
+        users = np.sort(rng.choice(users, max_users, replace=False))
+    vu, vi = val.user.astype(np.int64), val.item.astype(np.int64)
+    order = np.argsort(vu, kind="stable")
+    vu, vi = vu[order], vi[order]
+    lp = -choice.position_decay * np.log1p(np.arange(5))
+    ranks = [r for r in SLATE_RANKS if r + 5 <= ni]
+    L_all, H_all = [], []
+    for c in range(0, users.size, chunk):
+        u = users[c:c + chunk]
+        logit, rel = _unseen_logits(fit, st, choice, seen, vu, vi, u)
+        if trans is not None and seq_weight:
+            logit += seq_weight * trans.scores(recent[u], np.broadcast_to(np.arange(ni), logit.shape))
+        logit += shift
+        top = np.argsort(-logit, axis=1)[:, :ranks[-1] + 5] if ranks else np.zeros((u.size, 0), np.int64)
+        slates = [top[:, r:r + 5] for r in ranks]
+        unseen_rows = [np.flatnonzero(np.isfinite(row)) for row in logit]
+        slates.append(np.stack([rng.choice(x, 5, replace=x.size < 5) for x in unseen_rows]))
+        sl = np.stack(slates, axis=1)  # (U, S, 5)
+        z = np.take_along_axis(logit[:, None, :], sl, axis=2)
+        ok = np.isfinite(z).all(axis=2)  # users with too few unseen items skip the deepest blocks
+        L = np.logaddexp.reduce(np.where(np.isfinite(z), z / temperature + lp, -np.inf), axis=2)
+        H = np.take_along_axis(rel[:, None, :], sl, axis=2).any(axis=2)
+        L_all.append(np.where(ok, L, np.nan))
+        H_all.append(H)
+    L, H = np.concatenate(L_all), np.concatenate(H_all)
+    ok = np.isfinite(L)
+
+    def nll(c: float) -> float:
+        x = L[ok] - c
+        return float(np.mean(np.logaddexp(0.0, -x) * H[ok] + np.logaddexp(0.0, x) * ~H[ok]))
+
+    best = minimize_scalar(nll, bounds=(-50.0, 50.0), method="bounded", options={"xatol": 1e-4})
+    c = float(best.x)
+    p_click = np.where(ok, 1.0 / (1.0 + np.exp(-(L - c))), np.nan)
+    labels = [f"ranks {r + 1}-{r + 5}" for r in ranks] + ["random"]
+    table = {lab: [round(float(np.nanmean(np.where(ok[:, j], H[:, j], np.nan))), 4),
+                   round(float(np.nanmean(p_click[:, j])), 4)] for j, lab in enumerate(labels)}
+    return round(c * temperature, 4), table
+
+
+def _rank_weights(fit: _WatchFit, st: _Stats, choice: ChoiceConfig, seen: PairSet, vu: np.ndarray, vi: np.ndarray,
+                  trans: Transitions | None, recent: np.ndarray | None, weights: Sequence[float], users: np.ndarray,
+                  chunk: int = 32) -> np.ndarray:
+    """Validation NDCG@10 ``(len(users), len(weights))`` of each user's ranking of every unseen item by
+    ``logit + weight * sequence`` (``vu``/``vi``: the validation pairs sorted by user)."""
+    gain = 1.0 / np.log2(np.arange(2, 12))
+    out = np.zeros((users.size, len(weights)))
+    for c in range(0, users.size, chunk):
+        u = users[c:c + chunk]
+        U = u.size
+        logit, rel = _unseen_logits(fit, st, choice, seen, vu, vi, u)
+        seq = (trans.scores(recent[u], np.broadcast_to(np.arange(logit.shape[1]), logit.shape)) if trans is not None
+               else np.zeros(logit.shape))
+        ideal = np.cumsum(gain)[np.minimum(rel.sum(axis=1), 10) - 1]
+        for j, w in enumerate(weights):
+            z = logit + w * seq if w else logit
+            top = np.argpartition(-z, 10, axis=1)[:, :10]
+            top = np.take_along_axis(top, np.argsort(-np.take_along_axis(z, top, axis=1), axis=1), axis=1)
+            out[c:c + U, j] = (np.take_along_axis(rel, top, axis=1) * gain).sum(axis=1) / ideal
+    return out
 
 
 def _best_noise(pred: np.ndarray, real: np.ndarray, seed: int) -> float:
@@ -892,19 +1060,37 @@ def calibrate(train: InteractionLog, config: CalibrationConfig | dict | None = N
             if cfg.sequence and train.timed:
                 tr_in, seqs_in = _fit_transitions(inner.train, cfg, 1.0)
                 rec_in = tr_in.recent_of(seqs_in)
-            if cfg.fit_temperature or tr_in is not None:
-                seq_weight, temperature, report["validation_choice_loglik"] = _fit_choice(
-                    wf, st_in, ch, inner.train, inner.test, tr_in, rec_in, np.random.default_rng([seed, 5]))
+            ch_in = ch  # the choice model on the validation slice, with the popularity shift once it is fitted
+            fit_pop = cfg.fit_popularity_shift and train.timed
+            if cfg.fit_temperature or tr_in is not None or fit_pop:
+                seq_weight, pop_shift, temperature, tables = _fit_choice(
+                    wf, st_in, ch, inner.train, inner.test, tr_in, rec_in, np.random.default_rng([seed, 5]),
+                    by=cfg.sequence_weight_by, scales=cfg.choice_scales or CHOICE_SCALES,
+                    shifts=POPULARITY_SHIFTS if fit_pop else (0.0,))
+                report["validation_choice_loglik"] = tables["loglik"]
+                for k_, name in (("ndcg@10", "validation_sequence_ndcg@10"),
+                                 ("shift_ndcg@10", "validation_popularity_shift_ndcg@10")):
+                    if k_ in tables:
+                        report[name] = tables[k_]
                 report["sequence_weight"] = seq_weight
                 if cfg.fit_temperature:
                     report["temperature"] = temperature
+                if fit_pop:
+                    report["popularity_shift"] = pop_shift
+                    ch_in = ch.model_copy(update={"popularity_shift": pop_shift})
                 if seq_weight > 0:
                     extra = lambda uu, ii: seq_weight * tr_in.scores(rec_in[uu], ii[:, None])[:, 0]  # noqa: E731
-            shift, val_acc = _best_shift(wf, st_in, ch, inner.train, inner.test, np.random.default_rng([seed, 3]),
+            shift, val_acc = _best_shift(wf, st_in, ch_in, inner.train, inner.test, np.random.default_rng([seed, 3]),
                                          extra)
             neg_weight = math.exp(-shift)
             report["validation_logit_shift"] = shift
             report["validation_accuracy"] = val_acc
+            if cfg.fit_slate_no_click:
+                t_used = temperature if cfg.fit_temperature else (ch.temperature or 1.0)
+                slate_nc, report["validation_slate_hits"] = _fit_slate_no_click(
+                    wf, st_in, ch_in, inner.train, inner.test, tr_in, rec_in, seq_weight, shift, t_used,
+                    np.random.default_rng([seed, 6]))
+                report["slate_no_click"] = slate_nc
             if rf is not None:
                 ok = np.isfinite(inner.test.rating)
                 vu, vi = inner.test.user[ok].astype(np.int64), inner.test.item[ok].astype(np.int64)
@@ -982,7 +1168,7 @@ def calibrate(train: InteractionLog, config: CalibrationConfig | dict | None = N
             complete = openai_completer(**cfg.describe_llm)
         pack = enrich_descriptions(pack, complete)
     report["seconds"] = round(time.perf_counter() - t0, 2)
-    choice_settings = {"temperature": report["temperature"]} if "temperature" in report else {}
+    choice_settings = {k: report[k] for k in ("temperature", "slate_no_click", "popularity_shift") if k in report}
     return Calibration(catalog, pack, keep.astype(np.int64), report, transitions, choice_settings)
 
 

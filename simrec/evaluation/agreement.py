@@ -231,7 +231,7 @@ def agreement(data_dir: str | Path, recommenders: Sequence[str] = DEFAULT_RECOMM
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data", default="../shared/datasets/ml-100k", help="dataset directory (default: %(default)s)")
     p.add_argument("--env", default="simrec/MovieLens-v0",
-                   help="calibrated env to simulate in (default: %(default)s; simrec/MovieLensSeq-v0 adds order-aware "
+                   help="calibrated env to simulate in (default: %(default)s; simrec/MovieLensSeq-v1 adds order-aware "
                         "short-term interest and a calibrated choice temperature)")
     p.add_argument("--recommenders", default=",".join(DEFAULT_RECOMMENDERS), help="comma-separated fitted recommenders")
     p.add_argument("--seeds", type=int, default=5)
