@@ -357,3 +357,15 @@ def test_for_world_fills_only_what_the_spec_leaves_open():
     assert open_nc.for_world(w).choice.slate_no_click == 0.0
     fixed = resolve_spec("synthetic-v0").with_overrides(choice={"temperature": 2.5})
     assert fixed.for_world(calibrated).choice.temperature == 2.5
+
+
+def test_simrec_agreement_defaults_to_the_order_aware_env():
+    import argparse
+    import inspect
+
+    from simrec.evaluation.agreement import add_arguments, agreement
+
+    p = argparse.ArgumentParser()
+    add_arguments(p)
+    assert p.parse_args([]).env == "simrec/MovieLensSeq-v1"
+    assert inspect.signature(agreement).parameters["env_id"].default == "simrec/MovieLensSeq-v1"

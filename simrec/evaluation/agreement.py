@@ -2,14 +2,15 @@
 
 Protocol, for each seed ``s`` (each seed recalibrates the world, as the fidelity harness does):
 
-1. Split the log per user in time (the MovieLens-v0 spec's split, train 80%) and calibrate
-   ``simrec/MovieLens-v0`` on the train split with seed ``s``. Every recommender fits on the same train
+1. Split the log per user in time (the env spec's split, train 80%) and calibrate the env (default
+   ``simrec/MovieLensSeq-v1``; ``simrec/MovieLens-v0`` for the static taste model) on the train split with
+   seed ``s``. Every recommender fits on the same train
    split (:meth:`~simrec.recommenders.fitted.Interactions.from_world`).
 2. **Offline**, on the real held-out split: for every test user, the recommender's top 10 over all items
    the user has not interacted with in train, scored by Recall@10 (hits / min(10, |test items|), as in
    Liang et al. 2018) and NDCG@10 (binary relevance).
 3. **Simulated**: ``users`` test users (drawn with a generator seeded ``s``; the same users for every
-   recommender) each get one session of at most ``max_steps`` steps in ``simrec/MovieLens-v0`` with the
+   recommender) each get one session of at most ``max_steps`` steps in that env with the
    full-catalog candidate mode (``candidates.kind = "catalog"``): the recommender ranks the same pool the
    offline metric ranks (every item, train items excluded), and shows its top ``slate_size``. Metrics:
    CTR, watch rate (share of steps with at least one watch), mean rating, session length.
@@ -168,7 +169,7 @@ class AgreementResult:
 
 def agreement(data_dir: str | Path, recommenders: Sequence[str] = DEFAULT_RECOMMENDERS, *,
               seeds: Sequence[int] = (0, 1, 2, 3, 4), users: int = 200, max_steps: int = 10,
-              env_id: str = "simrec/MovieLens-v0", world: dict[str, Any] | None = None, progress: bool = True,
+              env_id: str = "simrec/MovieLensSeq-v1", world: dict[str, Any] | None = None, progress: bool = True,
               log: Callable[[str], None] = lambda s: None) -> AgreementResult:
     """Run the protocol of the module docstring."""
     from tqdm.auto import tqdm
@@ -230,9 +231,9 @@ def agreement(data_dir: str | Path, recommenders: Sequence[str] = DEFAULT_RECOMM
 # -- CLI ---------------------------------------------------------------------------------------------
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data", default="../shared/datasets/ml-100k", help="dataset directory (default: %(default)s)")
-    p.add_argument("--env", default="simrec/MovieLens-v0",
-                   help="calibrated env to simulate in (default: %(default)s; simrec/MovieLensSeq-v1 adds order-aware "
-                        "short-term interest and a calibrated choice temperature)")
+    p.add_argument("--env", default="simrec/MovieLensSeq-v1",
+                   help="calibrated env to simulate in (default: %(default)s, order-aware users with calibrated "
+                        "choosiness; simrec/MovieLens-v0: the static taste model)")
     p.add_argument("--recommenders", default=",".join(DEFAULT_RECOMMENDERS), help="comma-separated fitted recommenders")
     p.add_argument("--seeds", type=int, default=5)
     p.add_argument("--users", type=int, default=200, help="simulated test users per seed (default 200)")
