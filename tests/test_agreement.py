@@ -6,10 +6,9 @@ import json
 
 import numpy as np
 import pytest
+from test_calibration import QUICK, write_subset
 
 from simrec.evaluation.agreement import OFFLINE, SIMULATED, agreement
-
-from test_calibration import QUICK, write_subset
 
 RECS = ("random-unseen", "mostpop", "itemknn", "bad")
 

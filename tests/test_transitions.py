@@ -176,9 +176,10 @@ POP_FIT = CalibrationConfig(watch_iters=60, fit_popularity_shift=True)
 def test_popularity_shift_is_negative_where_later_items_are_less_popular():
     drift = calibrate(_drift_log(), POP_FIT, seed=0)
     nd = drift.report["validation_popularity_shift_ndcg@10"]
-    g = drift.report["popularity_shift"]
-    assert g < 0 and nd[f"{g:g}"] > nd["0"] + 0.02 and nd[f"{g:g}"] == max(nd.values())
-    assert drift.choice["popularity_shift"] == g
+    g, q = drift.report["popularity_shift"], drift.report["popularity_knee"]
+    picked = nd[f"{g:g} above {q:g}"]
+    assert g < 0 and picked > nd["0 above -0.5"] + 0.02 and picked == max(nd.values())
+    assert drift.choice["popularity_shift"] == g and drift.choice["popularity_knee"] == q
     # the same users in random order: later items are as popular as earlier ones, so the shift is not negative
     # (this short fit under-weights popularity, and the validation slice says so: the shift is positive)
     flat = calibrate(_drift_log(ordered=False), POP_FIT, seed=0)
@@ -186,7 +187,7 @@ def test_popularity_shift_is_negative_where_later_items_are_less_popular():
     assert "popularity_shift" not in calibrate(_drift_log(), CalibrationConfig(watch_iters=60), seed=0).choice
 
 
-def test_popularity_shift_adds_to_every_users_popularity_weight():
+def test_popularity_shift_adds_its_hinge_to_every_users_utility():
     from simrec.cognition.embedded import EmbeddedCognition
     from simrec.envs.simulator import Simulator
     from simrec.envs.spec import resolve_spec
@@ -194,17 +195,22 @@ def test_popularity_shift_adds_to_every_users_popularity_weight():
 
     w = build_world(seed=0, n_items=200, n_topics=5, dim=8, n_personas=20)
     spec = resolve_spec("synthetic-v0").with_overrides(world={"n_items": 200, "n_topics": 5, "dim": 8, "n_personas": 20},
-                                                       choice={"popularity_shift": None})
-    sim = Simulator(spec, World(w.catalog, w.personas, None, {"popularity_shift": -2.0}))
-    assert sim.spec.choice.popularity_shift == -2.0
+                                                       choice={"popularity_shift": None, "popularity_knee": None})
+    sim = Simulator(spec, World(w.catalog, w.personas, None, {"popularity_shift": -2.0, "popularity_knee": 0.1}))
+    assert (sim.spec.choice.popularity_shift, sim.spec.choice.popularity_knee) == (-2.0, 0.1)
     sim.reset_population(np.random.default_rng(1))
     users, slates = np.arange(20), np.tile(np.arange(0, 40, 4), (20, 1))
     on = EmbeddedCognition(sim.spec.choice)
     off = EmbeddedCognition(sim.spec.choice.model_copy(update={"popularity_shift": 0.0}))
     diff = on.utilities(sim.pop, users, slates) - off.utilities(sim.pop, users, slates)
-    np.testing.assert_allclose(diff, -2.0 * (w.catalog.popularity[slates] - 0.5), rtol=1e-5, atol=1e-5)
+    hinge = np.maximum(w.catalog.popularity[slates] - 0.5 - 0.1, 0.0)
+    assert (hinge == 0).any() and (hinge > 0).any()  # items on both sides of the knee
+    np.testing.assert_allclose(diff, -2.0 * hinge, rtol=1e-5, atol=1e-5)
     one = on.utilities_one(sim.pop, 3, slates[3]) - off.utilities_one(sim.pop, 3, slates[3])
     np.testing.assert_allclose(one, diff[3], rtol=1e-5, atol=1e-5)  # the single-user path too
+    linear = EmbeddedCognition(sim.spec.choice.model_copy(update={"popularity_knee": -0.5}))
+    d_lin = linear.utilities(sim.pop, users, slates) - off.utilities(sim.pop, users, slates)
+    np.testing.assert_allclose(d_lin, -2.0 * w.catalog.popularity[slates], rtol=1e-5, atol=1e-5)
 
 
 def test_slate_no_click_makes_users_choosier_among_slates_but_not_in_judgements():
@@ -247,9 +253,10 @@ def test_movielens_seq_specs_turn_the_fits_on_and_movielens_v0_keeps_the_static_
     v1, v0, static = resolve_spec("movielensseq-v1"), resolve_spec("movielensseq-v0"), resolve_spec("movielens-v0")
     assert (v1.id, v0.id) == ("simrec/MovieLensSeq-v1", "simrec/MovieLensSeq-v0")
     fits = ("sequence", "fit_temperature", "fit_slate_no_click", "fit_popularity_shift")
+    open_choice = ("temperature", "sequence", "slate_no_click", "popularity_shift", "popularity_knee")
     v1_cal, v0_cal = CalibrationConfig(**v1.world.calibration), CalibrationConfig(**v0.world.calibration)
     assert all(getattr(v1_cal, k) for k in fits) and v1_cal.sequence_weight_by == "ndcg" and v1_cal.choice_scales is None
-    assert all(getattr(v1.choice, k) is None for k in ("temperature", "sequence", "slate_no_click", "popularity_shift"))
+    assert all(getattr(v1.choice, k) is None for k in open_choice)
     # v0 keeps what its published numbers were made with: weight by likelihood, the coarse scale grid, no choosiness
     assert v0_cal.sequence and v0_cal.fit_temperature and not v0_cal.fit_slate_no_click
     assert not v0_cal.fit_popularity_shift and v0.choice.popularity_shift == 0.0
@@ -262,7 +269,7 @@ def test_movielens_seq_specs_turn_the_fits_on_and_movielens_v0_keeps_the_static_
     dumps = [v1.model_dump(), v0.model_dump(), static.model_dump()]
     for d in dumps:
         d.pop("id"), d.pop("description")
-        for k in ("temperature", "slate_no_click", "popularity_shift"):
+        for k in ("temperature", "slate_no_click", "popularity_shift", "popularity_knee"):
             d["choice"].pop(k)
         for k in fits + ("sequence_weight_by", "choice_scales"):
             d["world"]["calibration"].pop(k, None)

@@ -41,9 +41,13 @@ class ChoiceConfig(BaseModel):
     quality: float = Field(1.5, description="Weight of intrinsic item quality.")
     conformity: float = Field(1.0, description="Weight of popularity, scaled by the conformity trait.")
     popularity_shift: float | None = Field(0.0, description=(
-        "Weight of popularity for every user, on top of conformity (calibrated worlds: how much later choices "
-        "lean away from, or toward, what was popular). None: the world's calibrated value "
-        "(calibration.fit_popularity_shift; 0.0 for worlds without one)."))
+        "Utility added for every user as popularity_shift * max(popularity - 1/2 - popularity_knee, 0): on top of "
+        "conformity, how much later choices lean away from (negative) or toward the most popular items "
+        "(calibrated worlds). None: the world's calibrated value (calibration.fit_popularity_shift; 0.0 for "
+        "worlds without one)."))
+    popularity_knee: float | None = Field(-0.5, description=(
+        "Where the popularity shift starts, on the centred popularity scale [-1/2, 1/2]: -0.5 shifts every item in "
+        "proportion to its popularity, 0.3 only the items above the 80th percentile. None: the world's value."))
     novelty: float = Field(1.0, description="Weight of topic novelty, signed by the diversity trait.")
     boredom: float = Field(1.5, description="Weight of per-topic boredom.")
     temperature: float | None = Field(1.0, gt=0, description=(
@@ -85,12 +89,12 @@ class EmbeddedCognition:
         self.config = config if isinstance(config, ChoiceConfig) else ChoiceConfig(**(config or {}))
         if self.config.temperature is None:  # a spec not resolved against its world (EnvSpec.for_world)
             self.config = self.config.model_copy(update={"temperature": 1.0})
-        for k in ("slate_no_click", "popularity_shift"):
+        for k, v in (("slate_no_click", 0.0), ("popularity_shift", 0.0), ("popularity_knee", -0.5)):
             if getattr(self.config, k) is None:
-                self.config = self.config.model_copy(update={k: 0.0})
+                self.config = self.config.model_copy(update={k: v})
         self._logpos = -self.config.position_decay * np.log1p(np.arange(256, dtype=np.float32))
         self._logpos_list = self._logpos.tolist()
-        self._blocks: dict[int, np.ndarray] = {}
+        self._blocks: dict[object, np.ndarray] = {}  # per catalog: item blocks and popularity hinges
         self.calls = 0
         # Single-user path: a ufunc takes a 0-d float32 array about twice as fast as a Python float, and
         # gives the same result (a Python float is cast to float32 first), so constants are cast once and
@@ -124,6 +128,14 @@ class EmbeddedCognition:
                  catalog.topic_weights], axis=1), dtype=np.float32)
         return self._blocks[key]
 
+    def popularity_hinge(self, catalog: "Catalog") -> np.ndarray:
+        """Per-item ``max(popularity - 1/2 - popularity_knee, 0)`` (float32, cached), what the popularity shift
+        multiplies."""
+        key = ("hinge", id(catalog))
+        if key not in self._blocks:
+            self._blocks[key] = np.maximum(catalog.popularity - 0.5 - self.config.popularity_knee, 0.0).astype(np.float32)
+        return self._blocks[key]
+
     def utilities(self, pop: "Population", users: np.ndarray | slice, slates: np.ndarray) -> np.ndarray:
         """Deterministic utility ``(B, K)`` of each slate item for each user.
 
@@ -142,13 +154,15 @@ class EmbeddedCognition:
         if c.rating_dims:  # rating-only dimensions (calibrated worlds) do not drive choice
             w[:, d - c.rating_dims:d, 0] = 0.0
         w[:, d, 0] = c.quality
-        w[:, d + 1, 0] = c.conformity * tr[:, 1] + c.popularity_shift
+        w[:, d + 1, 0] = c.conformity * tr[:, 1]
         share = tc / np.maximum(tc.sum(axis=1, keepdims=True), 1e-6)
         w[:, d + 2:, 0] = -(c.boredom * rows(pop.state.boredom, users) + nov[:, None] * share)
         blk = np.take(self.item_block(pop.catalog), slates, axis=0)
         self._last_block = blk  # decide() hands it on, so the simulator need not gather it again
         u = np.matmul(blk, w)[:, :, 0]
         u += nov[:, None]
+        if self._popularity_shift:
+            u += self._popularity_shift * np.take(self.popularity_hinge(pop.catalog), slates)
         if pop.transitions is not None:
             ws = self.sequence_weight(pop)
             if ws:
@@ -179,7 +193,7 @@ class EmbeddedCognition:
         np.multiply(taste, self._c_affinity, out=wt)
         if rating_dims:
             w[d - rating_dims:d] = 0.0
-        w[d + 1] = conformity_w * conformity + self._popularity_shift
+        w[d + 1] = conformity_w * conformity
         np.multiply(state.boredom[u], self._c_neg_boredom, out=wb)
         s = self._s
         total = float(_add_reduce(tc))
@@ -193,6 +207,8 @@ class EmbeddedCognition:
         out = blk.dot(w)  # .dot: the same BLAS product as @, with less call overhead
         s[...] = nov
         out += s
+        if self._popularity_shift:
+            out += self._popularity_shift * self.popularity_hinge(pop.catalog).take(slate)
         if pop.transitions is not None:  # order-aware short-term interest, as in utilities()
             ws = self.sequence_weight(pop)
             if ws:

@@ -95,7 +95,7 @@ from simrec.users.world import World
 DEFAULT_DATA_DIR = "../shared/datasets/ml-100k"
 SESSION_GAP_S = 3600
 #: Bump when :func:`calibrate` gives a different world for the same inputs (invalidates on-disk caches).
-CALIBRATION_VERSION = 5
+CALIBRATION_VERSION = 6
 
 logger = logging.getLogger(__name__)
 
@@ -168,10 +168,11 @@ class CalibrationConfig(BaseModel):
         "held-back items are most likely; see the report's 'temperature'); the spec's choice.temperature must "
         "be null for the world's value to be used."))
     fit_popularity_shift: bool = Field(False, description=(
-        "Timed logs, with sequence_weight_by 'ndcg': set a popularity weight for every user "
-        "(choice.popularity_shift) to the one under which the utility ranks the validation slice best, where it "
-        "beats none clearly. Later interactions tend to be less popular than the history the taste is fitted "
-        "on; the spec's choice.popularity_shift must be null for it to be used."))
+        "Timed logs, with sequence_weight_by 'ndcg': set a popularity shift for every user (choice.popularity_shift "
+        "and popularity_knee: utility + shift * max(popularity - 1/2 - knee, 0)) to the pair under which the "
+        "utility ranks the validation slice best, where it beats none clearly. Users pass over many of the most "
+        "popular items they have not yet seen; the spec's choice.popularity_shift and popularity_knee must be null "
+        "for the fitted values to be used."))
     fit_slate_no_click: bool = Field(False, description=(
         "Set how choosy users are among a slate (choice.slate_no_click, the extra utility of choosing nothing "
         "from a slate) so that simulated users click slates from the top to the tail of their own ranking as "
@@ -481,7 +482,7 @@ def _offsets_parts(st: _Stats, choice: ChoiceConfig) -> tuple[np.ndarray, np.nda
     user_const = choice.novelty * (2.0 * tr[:, 2] - 1.0) - (
         choice.no_click + choice.no_click_pickiness * (tr[:, 4] - 0.5))
     item_const = choice.quality * (st.quality - 0.5)
-    return user_const, item_const, choice.conformity * tr[:, 1] + (choice.popularity_shift or 0.0)
+    return user_const, item_const, choice.conformity * tr[:, 1]
 
 
 def _positive_pairs(train: InteractionLog, cfg: CalibrationConfig) -> tuple[np.ndarray, np.ndarray]:
@@ -620,9 +621,15 @@ def _row_dots(T: np.ndarray, F: np.ndarray, users: np.ndarray, items: np.ndarray
 
 
 def _watch_logits(fit: _WatchFit, st: _Stats, choice: ChoiceConfig, u: np.ndarray, i: np.ndarray) -> np.ndarray:
+    """The embedded utility minus the no-click utility; with ``choice.popularity_shift`` (a post-fit adjustment
+    the watch fit never sees) its hinge term too."""
     user_const, item_const, conf = _offsets_parts(st, choice)
-    return (fit.scale * np.einsum("nd,nd->n", fit.user[u], fit.item[i]) + user_const[u] + item_const[i]
-            + conf[u] * (st.popularity[i] - 0.5))
+    out = (fit.scale * np.einsum("nd,nd->n", fit.user[u], fit.item[i]) + user_const[u] + item_const[i]
+           + conf[u] * (st.popularity[i] - 0.5))
+    if choice.popularity_shift:
+        knee = -0.5 if choice.popularity_knee is None else choice.popularity_knee
+        out = out + choice.popularity_shift * np.maximum(st.popularity[i] - 0.5 - knee, 0.0)
+    return out
 
 
 def _best_shift(fit: _WatchFit, st: _Stats, choice: ChoiceConfig, fit_log: InteractionLog, val: InteractionLog,
@@ -670,7 +677,8 @@ def _fit_choice(fit: _WatchFit, st: _Stats, choice: ChoiceConfig, fit_log: Inter
                 exact_items: int = 4096, sample_items: int = 2048, max_users: int = 5_000,
                 chunk: int = 256, by: str = "ndcg", rank_users: int = 1000,
                 scales: Sequence[float] = CHOICE_SCALES, shifts: Sequence[float] = (0.0,),
-                ) -> tuple[float, float, float, dict[str, dict[str, float]]]:
+                knees: Sequence[float] = (-0.5,),
+                ) -> tuple[float, tuple[float, float], float, dict[str, dict[str, float]]]:
     """The sequence weight, the popularity shift and the choice temperature, fitted on the validation slice.
 
     The embedded model's free choice is a multinomial logit over ``utility / temperature``; each held-back
@@ -679,12 +687,13 @@ def _fit_choice(fit: _WatchFit, st: _Stats, choice: ChoiceConfig, fit_log: Inter
     only without ``trans``) is the one whose utility ranks the held-back items best (``by="ndcg"``:
     NDCG@10 over every unseen item, at most ``rank_users`` users; a larger weight must beat the best
     smaller one by two paired standard errors) or under which they are most likely (``by="likelihood"``).
-    With ``by="ndcg"``, the popularity shift (``ChoiceConfig.popularity_shift``, one of ``shifts``) is then
-    the one that ranks them best at that weight, where it beats no shift by two paired standard errors.
+    With ``by="ndcg"``, the popularity shift and knee (``ChoiceConfig.popularity_shift`` / ``popularity_knee``,
+    every pair of ``shifts`` x ``knees``) are then the pair that ranks them best at that weight, where it beats
+    no shift by two paired standard errors.
     The temperature is ``1 / scale`` for the scale in ``scales`` that maximises the mean log-likelihood
     at that weight and shift. Catalogs past ``exact_items`` items estimate each user's normaliser from
     ``sample_items`` uniformly drawn items; at most ``max_users`` users enter. Returns the weight, the
-    shift, the temperature and tables: per weight, the log-likelihood of the best scale (``"loglik"``),
+    (shift, knee), the temperature and tables: per weight, the log-likelihood of the best scale (``"loglik"``),
     and with ``by="ndcg"`` the NDCG@10 per weight (``"ndcg@10"``) and per shift (``"shift_ndcg@10"``)."""
     users = np.flatnonzero(np.bincount(val.user, minlength=val.n_users))
     if users.size > max_users:
@@ -702,7 +711,7 @@ def _fit_choice(fit: _WatchFit, st: _Stats, choice: ChoiceConfig, fit_log: Inter
         d = nd[:, j] - nd[:, k]
         return bool(d.mean() > 2.0 * d.std() / math.sqrt(max(d.size, 1)))
 
-    k, shift = 0, 0.0
+    k, shift, knee = 0, 0.0, -0.5
     if by == "ndcg" and (len(weights) > 1 or len(shifts) > 1):
         rank_u = users if users.size <= rank_users else np.sort(rng.choice(users, rank_users, replace=False))
         nd = _rank_weights(fit, st, choice, seen, vu, vi, trans, recent, weights, rank_u)
@@ -711,14 +720,16 @@ def _fit_choice(fit: _WatchFit, st: _Stats, choice: ChoiceConfig, fit_log: Inter
             if clearly_better(nd, j, k):
                 k = j
         if len(shifts) > 1:
-            grid = [0.0] + [float(g) for g in shifts if g != 0]
-            nd = np.concatenate([_rank_weights(fit, st, choice.model_copy(update={"popularity_shift": g}), seen,
-                                               vu, vi, trans, recent, (weights[k],), rank_u) for g in grid], axis=1)
-            tables["shift_ndcg@10"] = {f"{g:g}": round(float(v), 5) for g, v in zip(grid, nd.mean(axis=0))}
+            grid = [(0.0, -0.5)] + [(float(g), float(q)) for g in shifts if g != 0 for q in knees]
+            nd = np.concatenate([_rank_weights(fit, st, choice.model_copy(update={"popularity_shift": g,
+                                                                                  "popularity_knee": q}),
+                                               seen, vu, vi, trans, recent, (weights[k],), rank_u)
+                                 for g, q in grid], axis=1)
+            tables["shift_ndcg@10"] = {f"{g:g} above {q:g}": round(float(v), 5) for (g, q), v in zip(grid, nd.mean(axis=0))}
             best = int(np.argmax(nd.mean(axis=0)))
             if best and clearly_better(nd, best, 0):
-                shift = grid[best]
-    ch = choice.model_copy(update={"popularity_shift": shift}) if shift else choice
+                shift, knee = grid[best]
+    ch = choice.model_copy(update={"popularity_shift": shift, "popularity_knee": knee}) if shift else choice
     # per (weight, scale): sum over positives of a * s_pos, and of each positive's user's log normaliser
     pos_sum = np.zeros((len(weights), scales.size))
     lse_sum = np.zeros((len(weights), scales.size))
@@ -757,7 +768,7 @@ def _fit_choice(fit: _WatchFit, st: _Stats, choice: ChoiceConfig, fit_log: Inter
             if best_per_weight[j] > best_per_weight[k] + 1e-3:
                 k = j
     scale = float(scales[int(np.argmax(ll[k]))])
-    return float(weights[k]), shift, round(1.0 / scale, 4), tables
+    return float(weights[k]), (shift, knee), round(1.0 / scale, 4), tables
 
 
 def _unseen_logits(fit: _WatchFit, st: _Stats, choice: ChoiceConfig, seen: PairSet, vu: np.ndarray,
@@ -774,9 +785,11 @@ def _unseen_logits(fit: _WatchFit, st: _Stats, choice: ChoiceConfig, seen: PairS
     return logit, rel
 
 
-#: The popularity shifts :func:`_fit_choice` tries (``ChoiceConfig.popularity_shift``; item popularity is a
-#: percentile minus 1/2, so a shift of -5 moves utility by 5 from the least to the most popular item).
-POPULARITY_SHIFTS = (-8.0, -6.0, -5.0, -4.0, -3.0, -2.0, -1.0, 0.0, 1.0, 2.0, 3.0)
+#: The popularity shifts and knees :func:`_fit_choice` tries (``ChoiceConfig.popularity_shift`` and
+#: ``popularity_knee``): utility moves by ``shift * max(popularity - 1/2 - knee, 0)``, popularity a percentile,
+#: so knee -0.5 shifts every item in proportion and 0.3 only those above the 80th percentile.
+POPULARITY_SHIFTS = (-12.0, -8.0, -5.0, -3.0, -1.0, 1.0, 3.0)
+POPULARITY_KNEES = (-0.5, 0.0, 0.2, 0.3, 0.4)
 
 
 #: The slates :func:`_fit_slate_no_click` shows: blocks of 5 of the model's own ranking starting at these ranks
@@ -1063,10 +1076,10 @@ def calibrate(train: InteractionLog, config: CalibrationConfig | dict | None = N
             ch_in = ch  # the choice model on the validation slice, with the popularity shift once it is fitted
             fit_pop = cfg.fit_popularity_shift and train.timed
             if cfg.fit_temperature or tr_in is not None or fit_pop:
-                seq_weight, pop_shift, temperature, tables = _fit_choice(
+                seq_weight, (pop_shift, pop_knee), temperature, tables = _fit_choice(
                     wf, st_in, ch, inner.train, inner.test, tr_in, rec_in, np.random.default_rng([seed, 5]),
                     by=cfg.sequence_weight_by, scales=cfg.choice_scales or CHOICE_SCALES,
-                    shifts=POPULARITY_SHIFTS if fit_pop else (0.0,))
+                    shifts=POPULARITY_SHIFTS if fit_pop else (0.0,), knees=POPULARITY_KNEES)
                 report["validation_choice_loglik"] = tables["loglik"]
                 for k_, name in (("ndcg@10", "validation_sequence_ndcg@10"),
                                  ("shift_ndcg@10", "validation_popularity_shift_ndcg@10")):
@@ -1076,8 +1089,8 @@ def calibrate(train: InteractionLog, config: CalibrationConfig | dict | None = N
                 if cfg.fit_temperature:
                     report["temperature"] = temperature
                 if fit_pop:
-                    report["popularity_shift"] = pop_shift
-                    ch_in = ch.model_copy(update={"popularity_shift": pop_shift})
+                    report["popularity_shift"], report["popularity_knee"] = pop_shift, pop_knee
+                    ch_in = ch.model_copy(update={"popularity_shift": pop_shift, "popularity_knee": pop_knee})
                 if seq_weight > 0:
                     extra = lambda uu, ii: seq_weight * tr_in.scores(rec_in[uu], ii[:, None])[:, 0]  # noqa: E731
             shift, val_acc = _best_shift(wf, st_in, ch_in, inner.train, inner.test, np.random.default_rng([seed, 3]),
@@ -1168,7 +1181,8 @@ def calibrate(train: InteractionLog, config: CalibrationConfig | dict | None = N
             complete = openai_completer(**cfg.describe_llm)
         pack = enrich_descriptions(pack, complete)
     report["seconds"] = round(time.perf_counter() - t0, 2)
-    choice_settings = {k: report[k] for k in ("temperature", "slate_no_click", "popularity_shift") if k in report}
+    choice_settings = {k: report[k] for k in ("temperature", "slate_no_click", "popularity_shift", "popularity_knee")
+                       if k in report}
     return Calibration(catalog, pack, keep.astype(np.int64), report, transitions, choice_settings)
 
 
