@@ -172,24 +172,6 @@ class RLlibSlateEnv(VectorWrapper):
         return delta
 
 
-def repair_row(row: list[int], num_candidates: int) -> tuple[list[int], int]:
-    """:func:`~simrec.envs.wrappers.repair_slates` for one slate, in plain Python: the same result, faster for one row.
-
-    Indices are clipped into range; a repeated index keeps its first position and later copies become
-    the lowest index not on the slate.
-    """
-    row = [min(max(int(v), 0), num_candidates - 1) for v in row]
-    repairs = 0
-    for k in range(1, len(row)):
-        if row[k] in row[:k]:
-            used, v = set(row), 0
-            while v in used:
-                v += 1
-            row[k] = v
-            repairs += 1
-    return row, repairs
-
-
 def make_env(config: Mapping[str, Any] | None = None) -> RLlibSlateEnv | gymnasium.Env:
     """The RLlib env creator: ``config`` is RLlib's ``env_config`` (an ``EnvContext``).
 

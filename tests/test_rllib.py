@@ -25,7 +25,7 @@ from hypothesis import strategies as st
 from simrec.envs.vector_env import AutoresetMode
 from simrec.envs.wrappers import repair_slates
 from simrec.errors import InvalidActionError
-from simrec.rllib import RLlibSlateEnv, make_env, repair_row
+from simrec.rllib import RLlibSlateEnv, make_env
 
 ENV_ID = "simrec/Synthetic-v0"
 
@@ -65,6 +65,21 @@ def test_wrapper_flattens_like_gymnasium_and_repairs_what_it_counts() -> None:
     assert not raw.unwrapped.autoreset_pending.all()
     with pytest.raises(InvalidActionError, match="repeats"):  # what the wrapper saved RLlib from
         raw.step(np.zeros((6, 5), np.int64))
+
+
+def repair_row(row: list[int], num_candidates: int) -> tuple[list[int], int]:
+    """The repair rule in plain Python, one slate: indices are clipped into range; a repeated index keeps its
+    first position and later copies become the lowest index not on the slate."""
+    row = [min(max(int(v), 0), num_candidates - 1) for v in row]
+    repairs = 0
+    for k in range(1, len(row)):
+        if row[k] in row[:k]:
+            used, v = set(row), 0
+            while v in used:
+                v += 1
+            row[k] = v
+            repairs += 1
+    return row, repairs
 
 
 @settings(max_examples=300, deadline=None)

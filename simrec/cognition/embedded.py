@@ -80,6 +80,16 @@ class ChoiceConfig(BaseModel):
     leave_no_click: float = 0.7
 
 
+#: What a ``None`` (calibrated) choice setting means in a world that was not calibrated with it.
+UNCALIBRATED = {"temperature": 1.0, "slate_no_click": 0.0, "popularity_shift": 0.0, "popularity_knee": -0.5}
+
+
+def popularity_hinge(popularity: np.ndarray, knee: float | None) -> np.ndarray:
+    """``max(popularity - 1/2 - knee, 0)``: what ``ChoiceConfig.popularity_shift`` multiplies (``knee`` None: -0.5,
+    every item in proportion to its popularity)."""
+    return np.maximum(popularity - 0.5 - (UNCALIBRATED["popularity_knee"] if knee is None else knee), 0.0)
+
+
 class EmbeddedCognition:
     """Vectorised numpy cognition; see the module docstring for the model."""
 
@@ -87,11 +97,10 @@ class EmbeddedCognition:
 
     def __init__(self, config: ChoiceConfig | dict | None = None) -> None:
         self.config = config if isinstance(config, ChoiceConfig) else ChoiceConfig(**(config or {}))
-        if self.config.temperature is None:  # a spec not resolved against its world (EnvSpec.for_world)
-            self.config = self.config.model_copy(update={"temperature": 1.0})
-        for k, v in (("slate_no_click", 0.0), ("popularity_shift", 0.0), ("popularity_knee", -0.5)):
-            if getattr(self.config, k) is None:
-                self.config = self.config.model_copy(update={k: v})
+        # a spec not resolved against its world (EnvSpec.for_world): the values of a world without calibration
+        unset = {k: v for k, v in UNCALIBRATED.items() if getattr(self.config, k) is None}
+        if unset:
+            self.config = self.config.model_copy(update=unset)
         self._logpos = -self.config.position_decay * np.log1p(np.arange(256, dtype=np.float32))
         self._logpos_list = self._logpos.tolist()
         self._blocks: dict[object, np.ndarray] = {}  # per catalog: item blocks and popularity hinges
@@ -133,7 +142,7 @@ class EmbeddedCognition:
         multiplies."""
         key = ("hinge", id(catalog))
         if key not in self._blocks:
-            self._blocks[key] = np.maximum(catalog.popularity - 0.5 - self.config.popularity_knee, 0.0).astype(np.float32)
+            self._blocks[key] = popularity_hinge(catalog.popularity, self.config.popularity_knee).astype(np.float32)
         return self._blocks[key]
 
     def utilities(self, pop: "Population", users: np.ndarray | slice, slates: np.ndarray) -> np.ndarray:

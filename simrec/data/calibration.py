@@ -76,7 +76,7 @@ import scipy.sparse as sp
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from simrec.catalog import Catalog, Domain
-from simrec.cognition.embedded import ChoiceConfig
+from simrec.cognition.embedded import ChoiceConfig, popularity_hinge
 from simrec.data.datasets import (
     GenericFormat,
     InteractionLog,
@@ -627,8 +627,7 @@ def _watch_logits(fit: _WatchFit, st: _Stats, choice: ChoiceConfig, u: np.ndarra
     out = (fit.scale * np.einsum("nd,nd->n", fit.user[u], fit.item[i]) + user_const[u] + item_const[i]
            + conf[u] * (st.popularity[i] - 0.5))
     if choice.popularity_shift:
-        knee = -0.5 if choice.popularity_knee is None else choice.popularity_knee
-        out = out + choice.popularity_shift * np.maximum(st.popularity[i] - 0.5 - knee, 0.0)
+        out = out + choice.popularity_shift * popularity_hinge(st.popularity[i], choice.popularity_knee)
     return out
 
 
@@ -695,16 +694,10 @@ def _fit_choice(fit: _WatchFit, st: _Stats, choice: ChoiceConfig, fit_log: Inter
     ``sample_items`` uniformly drawn items; at most ``max_users`` users enter. Returns the weight, the
     (shift, knee), the temperature and tables: per weight, the log-likelihood of the best scale (``"loglik"``),
     and with ``by="ndcg"`` the NDCG@10 per weight (``"ndcg@10"``) and per shift (``"shift_ndcg@10"``)."""
-    users = np.flatnonzero(np.bincount(val.user, minlength=val.n_users))
-    if users.size > max_users:
-        users = np.sort(rng.choice(users, max_users, replace=False))
+    seen, users, vu, vi = _validation_pairs(fit_log, val, max_users, rng)
     ni = val.n_items
-    seen = PairSet(fit_log.user, fit_log.item, ni)
     weights = SEQUENCE_WEIGHTS if trans is not None else (0.0,)
     scales = np.asarray(scales, dtype=np.float64)
-    vu, vi = val.user.astype(np.int64), val.item.astype(np.int64)
-    order = np.argsort(vu, kind="stable")
-    vu, vi = vu[order], vi[order]
     tables: dict[str, dict[str, float]] = {}
 
     def clearly_better(nd: np.ndarray, j: int, k: int) -> bool:  # paired over users
@@ -771,6 +764,18 @@ def _fit_choice(fit: _WatchFit, st: _Stats, choice: ChoiceConfig, fit_log: Inter
     return float(weights[k]), (shift, knee), round(1.0 / scale, 4), tables
 
 
+def _validation_pairs(fit_log: InteractionLog, val: InteractionLog, max_users: int,
+                      rng: np.random.Generator) -> tuple[PairSet, np.ndarray, np.ndarray, np.ndarray]:
+    """What the validation fits share: ``fit_log``'s pairs as a set, the validation users (at most ``max_users``,
+    drawn with ``rng`` past that, sorted) and the validation pairs ``(vu, vi)`` sorted by user."""
+    users = np.flatnonzero(np.bincount(val.user, minlength=val.n_users))
+    if users.size > max_users:
+        users = np.sort(rng.choice(users, max_users, replace=False))
+    vu, vi = val.user.astype(np.int64), val.item.astype(np.int64)
+    order = np.argsort(vu, kind="stable")
+    return PairSet(fit_log.user, fit_log.item, val.n_items), users, vu[order], vi[order]
+
+
 def _unseen_logits(fit: _WatchFit, st: _Stats, choice: ChoiceConfig, seen: PairSet, vu: np.ndarray,
                    vi: np.ndarray, u: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Watch logits ``(U, n_items)`` of users ``u`` for every item, -inf where ``seen``, and which items are
@@ -814,13 +819,7 @@ def _fit_slate_no_click(fit: _WatchFit, st: _Stats, choice: ChoiceConfig, fit_lo
     from scipy.optimize import minimize_scalar
 
     ni = val.n_items
-    seen = PairSet(fit_log.user, fit_log.item, ni)
-    users = np.flatnonzero(np.bincount(val.user, minlength=val.n_users))
-    if users.size > max_users:
-        users = np.sort(rng.choice(users, max_users, replace=False))
-    vu, vi = val.user.astype(np.int64), val.item.astype(np.int64)
-    order = np.argsort(vu, kind="stable")
-    vu, vi = vu[order], vi[order]
+    seen, users, vu, vi = _validation_pairs(fit_log, val, max_users, rng)
     lp = -choice.position_decay * np.log1p(np.arange(5))
     ranks = [r for r in SLATE_RANKS if r + 5 <= ni]
     L_all, H_all = [], []

@@ -9,7 +9,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from simrec.cognition.embedded import ChoiceConfig
+from simrec.cognition.embedded import UNCALIBRATED, ChoiceConfig
 from simrec.users.dynamics import DynamicsConfig
 from simrec.errors import ConfigError, format_validation_error, read_json
 
@@ -135,20 +135,18 @@ class EnvSpec(BaseModel):
         return EnvSpec.parse(data, source=f"{self.id} with overrides {sorted(overrides)}")
 
     def for_world(self, world: Any) -> "EnvSpec":
-        """This spec with the choice settings it leaves to the world filled in: ``choice.temperature`` None
-        takes the world's calibrated temperature (1.0 where it has none), ``choice.sequence`` None the weight
-        of the world's transitions (0 where it has none), ``choice.slate_no_click``, ``choice.popularity_shift`` and
-        ``choice.popularity_knee`` None the world's calibrated values (0, 0 and -0.5 where it has none). Simulators run the result."""
+        """This spec with the choice settings it leaves to the world filled in: ``choice.sequence`` None takes
+        the weight of the world's transitions (0 where it has none); ``temperature``, ``slate_no_click``,
+        ``popularity_shift`` and ``popularity_knee`` None the world's calibrated values (where it has none,
+        :data:`~simrec.cognition.embedded.UNCALIBRATED`). Simulators run the result."""
         c = self.choice
-        if all(v is not None for v in (c.temperature, c.sequence, c.slate_no_click, c.popularity_shift,
-                                       c.popularity_knee)):
+        if c.sequence is not None and all(getattr(c, k) is not None for k in UNCALIBRATED):
             return self
         tr = getattr(world, "transitions", None)
         fitted = getattr(world, "choice", None) or {}
-        update = {"temperature": c.temperature if c.temperature is not None else float(fitted.get("temperature", 1.0)),
-                  "sequence": c.sequence if c.sequence is not None else (tr.weight if tr is not None else 0.0),
+        update = {"sequence": c.sequence if c.sequence is not None else (tr.weight if tr is not None else 0.0),
                   **{k: getattr(c, k) if getattr(c, k) is not None else float(fitted.get(k, default))
-                     for k, default in (("slate_no_click", 0.0), ("popularity_shift", 0.0), ("popularity_knee", -0.5))}}
+                     for k, default in UNCALIBRATED.items()}}
         return self.model_copy(update={"choice": c.model_copy(update=update)})
 
 
