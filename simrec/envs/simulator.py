@@ -16,7 +16,7 @@ from simrec.cognition import CognitionBackend, ResponseBatch, make_backend
 from simrec.envs.candidates import CandidateGenerator
 from simrec.users.dynamics import Dynamics, as_index, experience_of
 from simrec.users.population import Population
-from simrec.users.transitions import push_recent
+from simrec.users.transitions import push_recent, push_recent_one
 from simrec.envs.spec import EnvSpec
 from simrec.users.world import World
 
@@ -231,9 +231,7 @@ class Simulator:
             best_utility=best_utility, experience=exp, rng=rng, directions=pop.directions,
         )
         if hit and pop.transitions is not None and state.recent.shape[1]:  # the click: the newest recent item
-            recent = state.recent[u]
-            recent[:-1] = recent[1:]
-            recent[-1] = item
+            push_recent_one(state.recent, u, item)
         mem = pop.memory
         mem.write_one(u, slate, item, rating, cons, exp, state.clock.item(u), topics)
         # the history row: the item's template row ("nothing chosen" for item -1), then rating and consumption

@@ -120,3 +120,10 @@ def push_recent(recent: np.ndarray, rows: np.ndarray, items: np.ndarray) -> None
     block[:, :-1] = block[:, 1:]
     block[:, -1] = items
     recent[rows] = block
+
+
+def push_recent_one(recent: np.ndarray, u: int, item: int) -> None:
+    """:func:`push_recent` for one user (the single env's fast path), in place."""
+    row = recent[u]
+    row[:-1] = row[1:]
+    row[-1] = item
