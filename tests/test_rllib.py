@@ -23,7 +23,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from simrec.envs.vector_env import AutoresetMode
-from simrec.envs.wrappers import repair_slates
+from simrec.envs.wrappers import repair_in_place, repair_slates
 from simrec.errors import InvalidActionError
 from simrec.rllib import RLlibSlateEnv, make_env
 
@@ -89,6 +89,19 @@ def test_fast_row_repair_is_repair_slates(data: st.DataObject, k: int, c: int) -
     row = data.draw(st.lists(st.integers(-3, c + 3), min_size=k, max_size=k))
     fixed, reps = repair_slates(np.array([row]), c)
     assert repair_row(row, c) == (fixed[0].tolist(), int(reps[0]))
+
+
+@pytest.mark.parametrize("rows", [1, 5, 12, 13, 64])
+def test_row_repair_matches_the_rule_for_few_and_many_rows(rows: int) -> None:
+    """repair_in_place repairs up to a dozen rows in Python and more with numpy: both follow the rule."""
+    rng = np.random.default_rng(rows)
+    a = rng.integers(0, 4, size=(rows, 5))  # 5 positions from 4 values: every row repeats, some several times
+    fixed = a.copy()
+    reps = repair_in_place(fixed)
+    expect = [repair_row(row, 6) for row in a.tolist()]
+    assert fixed.tolist() == [r for r, _ in expect]
+    assert reps.tolist() == [n for _, n in expect]
+    assert (reps > 0).all()
 
 
 def test_wrapper_refuses_same_step_autoreset() -> None:

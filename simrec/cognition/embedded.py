@@ -26,6 +26,7 @@ from simrec.cognition.base import SOURCE_EMBEDDED, JudgeBatch, ResponseBatch
 from simrec.users.state import rows
 
 _add_reduce = np.add.reduce  # .sum() without its Python-level wrapper (the same pairwise sum)
+_clip_ufunc = (np._core if hasattr(np, "_core") else np.core).umath.clip  # np.clip without its Python wrapper
 
 if TYPE_CHECKING:
     from simrec.catalog import Catalog
@@ -283,12 +284,14 @@ class EmbeddedCognition:
     # -- protocol -------------------------------------------------------------------------------
     def decide(self, pop: "Population", users: np.ndarray | slice, slates: np.ndarray,
                rng: np.random.Generator) -> ResponseBatch:
+        """Choice, consumption, rating and leave for a batch. ``meta`` holds ``utility`` ``(B, K)``,
+        ``shown_topics`` ``(B, T)`` and ``choice`` ``(B,)`` (the chosen slate position, ``K`` for nothing)."""
         c = self.config
         B, K = slates.shape
         self.calls += B
         util = self.utilities(pop, users, slates)
-        tr = pop.traits[users]
-        fatigue = pop.state.fatigue[users]
+        tr = rows(pop.traits, users)
+        fatigue = rows(pop.state.fatigue, users)
         z = np.empty((B, K + 1))
         z[:, :K] = util / c.temperature + self._logpos[:K]
         z[:, K] = (self.no_click_utility(tr[:, 4], fatigue) + self._slate_no_click) / c.temperature
@@ -304,14 +307,22 @@ class EmbeddedCognition:
         clicked[ar, col] = hit
         consumption = np.zeros((B, K), dtype=np.float32)
         consumption[ar, col] = hit / (1.0 + np.exp(-(c.consumption_scale * uc + e)))
-        stars = self.ratings(pop, users, slates[ar, col][:, None], uc[:, None], rng)[:, 0]
+        # ratings() for the chosen items, with the traits already gathered
+        items = slates[ar, col][:, None]
+        ur = self.rating_utility(pop, users, items) if c.rating_dims else uc[:, None]
+        latent = self.latent_rating(ur, rows(pop.rating_bias, users)[:, None], tr[:, 4:5], tr[:, 1:2],
+                                    pop.catalog.quality[items])
+        if c.rating_noise > 0:
+            latent = latent + c.rating_noise * rng.standard_normal(latent.shape, dtype=np.float32)
+        stars = _clip_ufunc(np.rint(latent), 1.0, 5.0).astype(np.float32)[:, 0]
         rating = np.full((B, K), np.nan, dtype=np.float32)
         rating[ar, col] = np.where(hit & (noise[:, K + 2] < c.rate_prob), stars, np.nan)
-        logit = self.leave_logit(fatigue, tr[:, 3], pop.state.satisfaction[users], ~hit)
+        logit = self.leave_logit(fatigue, tr[:, 3], rows(pop.state.satisfaction, users), ~hit)
         leave = noise[:, K + 3] * (1.0 + np.exp(-logit)) < 1.0  # u < sigmoid(logit)
         resp = ResponseBatch(clicked, rating, consumption, leave, np.zeros(B, np.int8))  # SOURCE_EMBEDDED
         resp.meta["utility"] = util
         resp.meta["shown_topics"] = np.einsum("bkt->bt", self._last_block[:, :, pop.catalog.dim + 2:])
+        resp.meta["choice"] = choice
         return resp
 
     def decide_one(self, pop: "Population", u: int, slate: np.ndarray, rng: np.random.Generator) -> ResponseBatch:

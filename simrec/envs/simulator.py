@@ -130,9 +130,13 @@ class Simulator:
         backend = self.backend
         resp = backend.decide(pop, users if getattr(backend, "accepts_slices", False) else as_index(users), slates, rng)
         ar = np.arange(B)
-        clicked_any = resp.clicked.any(axis=1)
-        # The chosen item: the most-consumed clicked one (LLM replies may click several).
-        pos = np.argmax(np.where(resp.clicked, resp.consumption + 1.0, 0.0), axis=1)
+        choice = resp.meta.get("choice")
+        if choice is None:  # any backend: the chosen item is the most-consumed clicked one (LLM replies may click several)
+            clicked_any = resp.clicked.any(axis=1)
+            pos = np.argmax(np.where(resp.clicked, resp.consumption + 1.0, 0.0), axis=1)
+        else:  # one click at most, at slate position choice (K: none); pos as the argmax above finds it
+            clicked_any = choice < K
+            pos = np.where(clicked_any, choice, 0)
         chosen = np.where(clicked_any, slates[ar, pos], -1)
         cons = resp.consumption[ar, pos] * clicked_any
         rating = resp.rating[ar, pos]
@@ -154,14 +158,12 @@ class Simulator:
         pop.memory.write(users, slates, chosen, rating, cons, exp, pop.state.clock[users], consumed_topics)
         if pop.state.recent.shape[1]:  # the clicked items become the users' newest recent items
             push_recent(pop.state.recent, as_index(users)[clicked_any], chosen[clicked_any])
-        row = np.empty((B, d + len(HISTORY_FEATURES)), np.float32)
-        row[:, :d] = chosen_row[:, :d]
-        row[:, d] = clicked_any
+        # the history rows: each item's template row ("nothing chosen" for -1), then rating and consumption
+        row = np.take(self._hist_rows, chosen, axis=0)
         row[:, d + 1] = np.where(np.isnan(rating), 0.0, rating / 5.0)
         row[:, d + 2] = cons
-        row[:, d + 3] = 1.0
         self._hist[users, (pop.memory.count[users] - 1) % self.spec.history_window] = row
-        reward = r.click * resp.clicked.sum(axis=1) + r.leave * resp.leave
+        reward = r.click * (clicked_any if choice is not None else resp.clicked.sum(axis=1)) + r.leave * resp.leave
         if r.consumption:
             reward = reward + r.consumption * resp.consumption.sum(axis=1)
         if r.rating:

@@ -36,6 +36,8 @@ def repair_in_place(a: np.ndarray) -> np.ndarray:
     repairs per row. Vectorised over rows: a position repeats iff its value occurs earlier in the row (a
     replacement never equals a later value, which is on the row), and as every original value stays on
     the row, the m-th repeated position gets the m-th smallest value not in the original row."""
+    if a.shape[0] <= _FEW_ROWS:
+        return _repair_rows(a)
     K = a.shape[1]
     dup = a[:, :, None] == a[:, None, :]  # [b, k, j]: positions k and j hold the same value
     dup &= _earlier(K)
@@ -51,6 +53,32 @@ def repair_in_place(a: np.ndarray) -> np.ndarray:
         rank -= 1  # -1 before the first repeat: a valid index, and masked out by d
         ar[d] = np.take_along_axis(free, rank, axis=1)[d]
         a[rows] = ar
+    return repairs
+
+
+#: Up to this many rows, :func:`repair_in_place` repairs row by row in Python: the vectorised version costs about
+#: a dozen numpy calls whatever the batch, more than a few short Python loops (RLlib sends a few bad rows a step).
+_FEW_ROWS = 12
+
+
+def _repair_rows(a: np.ndarray) -> np.ndarray:
+    """:func:`repair_in_place` one row at a time (the same rule, for few rows)."""
+    repairs = np.zeros(a.shape[0], np.int64)
+    for r, row in enumerate(a.tolist()):
+        seen: set[int] = set()
+        present, free, n = set(row), 0, 0
+        for k, v in enumerate(row):
+            if v in seen:  # a later copy: the lowest value not on the row (nor given to an earlier copy)
+                while free in present:
+                    free += 1
+                row[k] = free
+                present.add(free)
+                n += 1
+            else:
+                seen.add(v)
+        if n:
+            a[r] = row
+            repairs[r] = n
     return repairs
 
 

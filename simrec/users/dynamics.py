@@ -168,6 +168,10 @@ def decay_boredom(state: UserState, users: np.ndarray | slice, cfg: BoredomConfi
     state.boredom[users] *= ((1.0 - cfg.decay) ** dt)[:, None]
 
 
+#: numpy's clip ufunc (``np.clip`` is a Python wrapper around it)
+_clip_ufunc = (np._core if hasattr(np, "_core") else np.core).umath.clip
+
+
 def _exp(x):
     return math.exp(x) if isinstance(x, float) else np.exp(x)
 
@@ -230,6 +234,7 @@ class Dynamics:
         # and a scratch 0-d float32 for per-step factors: a ufunc takes it about twice as fast as a Python
         # float, with the same result (the float is cast to float32 either way)
         self._s = np.zeros((), f32)
+        self._boredom_keep = (1.0 - c.boredom.decay) ** 1.0  # update_boredom's factor at dt = 1
 
     def step(self, state: UserState, users: np.ndarray | slice, *, chosen_features: np.ndarray,
              consumption: np.ndarray, consumed_topics: np.ndarray, shown_topics: np.ndarray,
@@ -240,20 +245,53 @@ class Dynamics:
         Order: OU drift and assimilation (one renormalisation), concept shift, boredom, fatigue,
         satisfaction. Rows that consumed nothing have ``consumption == 0`` and are not pulled.
         """
+        # The processes above, inlined with the same operations in the same order (so the same float32
+        # rounding and random draws): on the small batches RL libraries step, the cost is numpy's per-call
+        # overhead, so temporaries are updated in place and the constants were computed in __init__.
         c = self.config
         d = c.drift
+        ou, assimilation, anchor_assimilation, shifts, f_base, f_poor, f_relief, s_keep, s_rate = self._p_one
         state.clock[users] += 1.0
         state.steps_total[users] += 1
-        t = _ou_mean_and_noise(state, users, d, rng, 1.0)
-        a = (d.assimilation * consumption)[:, None]
-        state.taste[users] = _normalize_rows(t + a * (chosen_features - t))
-        if d.anchor_assimilation > 0:
+        taste = rows(state.taste, users)
+        if ou:  # _ou_mean_and_noise at dt = 1: anchor + (taste - anchor) * decay + noise
+            anchor = rows(state.anchor, users)
+            noise = rng.standard_normal(taste.shape, dtype=np.float32)
+            noise *= self._ou_sd1 / math.sqrt(taste.shape[1])
+            t = taste - anchor
+            t *= self._ou_decay1
+            t += anchor
+            t += noise
+        else:
+            t = taste.copy()
+        pull = chosen_features - t
+        pull *= (assimilation * consumption)[:, None]
+        pull += t
+        state.taste[users] = _normalize_rows(pull)
+        if anchor_assimilation > 0:
             an = rows(state.anchor, users)
-            state.anchor[users] = _normalize_rows(an + (d.anchor_assimilation * consumption)[:, None] * (chosen_features - an))
-        shifted = concept_shift(state, users, d, rng, directions)
-        update_boredom(state, users, consumed_topics, shown_topics, c.boredom)
-        update_fatigue(state, users, best_utility, experience > 0, c.fatigue)
-        update_satisfaction(state, users, experience, c.satisfaction)
+            pull = chosen_features - an
+            pull *= (anchor_assimilation * consumption)[:, None]
+            pull += an
+            state.anchor[users] = _normalize_rows(pull)
+        shifted = concept_shift(state, users, d, rng, directions) if shifts else np.zeros(taste.shape[0], dtype=bool)
+        b = rows(state.boredom, users) * self._boredom_keep
+        b += c.boredom.growth * consumed_topics
+        b += c.boredom.exposure * shown_topics
+        state.boredom[users] = b
+        # next_fatigue and next_satisfaction, with numpy's clip ufunc called directly (np.clip's wrapper
+        # calls the same ufunc)
+        poor = 2.0 * best_utility
+        np.exp(poor, out=poor)
+        poor += 1.0
+        np.divide(1.0, poor, out=poor)
+        poor *= f_poor
+        x = rows(state.fatigue, users) + f_base
+        x += poor
+        state.fatigue[users] = _clip_ufunc(x - f_relief * (experience > 0), 0.0, 1.0)
+        x = s_keep * rows(state.satisfaction, users)
+        x += s_rate * experience
+        state.satisfaction[users] = _clip_ufunc(x, -1.0, 1.0)
         return shifted
 
     def __getstate__(self) -> dict:
@@ -327,7 +365,10 @@ class Dynamics:
                          rng: np.random.Generator) -> np.ndarray:
         """Let time pass before each user's next session; returns the gaps (in steps)."""
         c = self.config
-        gap = rng.exponential(c.session.gap_scale * (1.5 - activity))
+        scale = c.session.gap_scale * (1.5 - activity)
+        # rng.exponential(scale), which draws scale * standard_exponential(): the same draws, without its
+        # per-call broadcasting of the scale array
+        gap = rng.standard_exponential(size=np.shape(scale)) * scale
         gap = np.where(state.sessions[users] > 0, gap, 0.0)  # the first session has no gap before it
         state.clock[users] += gap
         ou_drift(state, users, c.drift, rng, dt=gap)

@@ -102,7 +102,8 @@ class MemoryBank:
         ``chosen`` is a catalog index or -1; ``topic_weights`` is ``(B, n_topics)`` of the chosen item
         (zeros when none).
         """
-        slot = self.count[users] % self.capacity
+        count = rows(self.count, users)
+        slot = count % self.capacity
         # With a slice, [users, slot] is an outer (1, 1) index and values broadcast into it.
         self.shown[users, slot] = shown
         self.chosen[users, slot] = chosen
@@ -114,15 +115,25 @@ class MemoryBank:
         rec[:, 3] = np.minimum(0.5 * np.abs(feeling) + 0.5 * np.abs(np.where(rated, rating, 3.0) - 3.0) / 2.0, 1.0)
         rec[:, 4] = now
         self._rec[users, slot] = rec
-        self.count[users] += 1
+        self.count[users] = count + 1  # users are distinct
         clicked = chosen >= 0
         self.n_chosen[users] += clicked
         self.n_skipped[users] += ~clicked
         ts = rows(self._topics, users)  # (B, 3, T); a view for a slice
         ts[:, 0] *= self.summary_decay
-        ts[:, 0] += topic_weights * consumption[:, None]
-        ts[:, 1] += topic_weights * np.where(rated, rating, 0.0)[:, None]
-        ts[:, 2] += topic_weights * rated[:, None]
+        rated_rating = np.where(rated, rating, 0.0)
+        if consumption.dtype == rated_rating.dtype == topic_weights.dtype == np.float32:
+            # the three summary rows in one product, topic weights x (consumption, rating or 0, rated): the
+            # same float32 products as the three below
+            f = np.empty((chosen.shape[0], 3, 1), np.float32)
+            f[:, 0, 0] = consumption
+            f[:, 1, 0] = rated_rating
+            f[:, 2, 0] = rated
+            ts += f * topic_weights[:, None, :]
+        else:
+            ts[:, 0] += topic_weights * consumption[:, None]
+            ts[:, 1] += topic_weights * rated_rating[:, None]
+            ts[:, 2] += topic_weights * rated[:, None]
         self._topics[users] = ts
 
     def write_one(self, u: int, shown: np.ndarray, chosen: int, rating: float, consumption: float, feeling: float,
