@@ -29,6 +29,9 @@ class ResponseBatch:
     * ``leave``: ``(B,)`` bool, the user ends the session after this step.
     * ``source``: ``(B,)`` int8, which path produced each row (see ``SOURCE_*``).
     * ``reasons``: optional short free-text reason per row (LLM backends).
+    * ``meta``: optional extras the simulator reads: ``utility`` ``(B, K)`` (else the embedded model's is
+      computed for the dynamics), ``shown_topics`` ``(B, T)``, and ``choice`` ``(B,)``: set it only when each
+      row clicks one item at most, at that slate position (``K``: none); the simulator then skips finding it.
     """
 
     clicked: np.ndarray

@@ -113,7 +113,8 @@ class EmbeddedCognition:
         self._c_affinity = np.array(self.config.affinity, f32)
         self._c_neg_boredom = np.array(-self.config.boredom, f32)
         self._s = np.zeros((), f32)
-        self._w: dict[tuple[int, int], tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
+        self._w: dict[tuple[int, int], tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]] = {}
+        self._noise = np.empty(0)  # _decide_scalars' uniform draws (filled in place: cheaper than a new array)
         self._inv_t = 1.0 / self.config.temperature
         c = self.config  # and the single-user path's other scalars, read once (pydantic attribute reads are slow)
         self._p_one = (c.novelty, c.conformity, c.rating_dims, c.rating_noise, c.consumption_scale, c.rate_prob)
@@ -199,16 +200,22 @@ class EmbeddedCognition:
         d = taste.size
         nov = novelty * (2.0 * diversity - 1.0)
         tc = pop.memory.topic_consumed[u]
-        w, wt, wb = self._weights(d, tc.size)
-        np.multiply(taste, self._c_affinity, out=wt)
+        w = self._w.get((d, tc.size))
+        if w is None:
+            w = self._weights(d, tc.size)
+        w, wt, wb, tmp = w
+        # ufuncs with a positional ``out`` (and in place, not ``x *= y``): the same operation, with less
+        # argument handling per call
+        multiply = np.multiply
+        multiply(taste, self._c_affinity, wt)
         if rating_dims:
             w[d - rating_dims:d] = 0.0
         w[d + 1] = conformity_w * conformity
-        np.multiply(state.boredom[u], self._c_neg_boredom, out=wb)
+        multiply(state.boredom[u], self._c_neg_boredom, wb)
         s = self._s
         total = float(_add_reduce(tc))
         s[...] = nov / (1e-6 if 1e-6 > total else total)  # max(total, 1e-6) without the builtin call
-        wb -= tc * s
+        np.subtract(wb, multiply(tc, s, tmp), wb)
         blk = self._blocks.get(id(pop.catalog))
         if blk is None:
             blk = self.item_block(pop.catalog)
@@ -216,7 +223,7 @@ class EmbeddedCognition:
         self._last_block, self._topic_col = blk, d + 2  # the block's topic columns start at d + 2
         out = blk.dot(w)  # .dot: the same BLAS product as @, with less call overhead
         s[...] = nov
-        out += s
+        np.add(out, s, out)
         if self._popularity_shift:
             out += self._popularity_shift * self.popularity_hinge(pop.catalog).take(slate)
         if pop.transitions is not None:  # order-aware short-term interest, as in utilities()
@@ -229,14 +236,14 @@ class EmbeddedCognition:
         # _w holds views of its buffers, which a copy or pickle would turn into independent arrays
         return {**self.__dict__, "_w": {}}
 
-    def _weights(self, d: int, n_topics: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """_utilities_one's weight vector (reused: it never leaves the call) and its taste and topic parts;
-        the quality weight is set once."""
+    def _weights(self, d: int, n_topics: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """_utilities_one's weight vector (reused: it never leaves the call), its taste and topic parts and a
+        scratch row for the topic part's share term; the quality weight is set once."""
         w = self._w.get((d, n_topics))
         if w is None:
             v = np.empty(d + 2 + n_topics, dtype=np.float32)
             v[d] = self.config.quality
-            w = self._w[d, n_topics] = (v, v[:d], v[d + 2:])
+            w = self._w[d, n_topics] = (v, v[:d], v[d + 2:], np.empty(n_topics, np.float32))
         return w
 
     # Formulas shared by the batched and the single-user path (work on floats and arrays alike).
@@ -361,7 +368,10 @@ class EmbeddedCognition:
         ut = util.tolist()
         state = pop.state
         fatigue = state.fatigue.item(u)
-        noise = rng.random(K + 4).tolist()  # the same stream as decide()'s (1, K + 4) draw
+        noise = self._noise
+        if noise.size != K + 4:
+            noise = self._noise = np.empty(K + 4)
+        noise = rng.random(out=noise).tolist()  # the same stream as decide()'s (1, K + 4) draw
         inv_t = self._inv_t
         lp = self._logpos_list
         log = math.log

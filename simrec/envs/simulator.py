@@ -81,7 +81,9 @@ class Simulator:
         self._scalar_for: object = None  # the backend _scalar_decide was last looked up for
         # the fast path's spec scalars, read once (a pydantic attribute read costs several plain ones)
         r = spec.reward
-        self._one = (r.click, r.leave, r.consumption, r.rating, w, 1.0 / spec.max_steps)
+        self._one = (r.click, r.leave, r.consumption, r.rating, w, 1.0 / spec.max_steps,
+                     self.dynamics.config.satisfaction.no_click)
+        self._obs_one = (w, 1.0 / spec.max_steps, float(self._inv_log_sessions))  # as a float: cheaper products
         self._scalar = None
 
     # -- spaces ---------------------------------------------------------------------------------
@@ -217,7 +219,7 @@ class Simulator:
         ``cons`` 0.0 and ``rating`` NaN without a click); returns the reward and the concept shift. ``feats`` and
         ``topics``: the chosen item's feature and topic-weight rows when the caller has them at hand."""
         pop = self.pop
-        click_w, leave_w, consumption_w, rating_w, window, _ = self._one
+        click_w, leave_w, consumption_w, rating_w, window, _, no_click = self._one
         hit = choice < slate.size
         if hit:
             item = slate.item(choice)
@@ -226,7 +228,7 @@ class Simulator:
             exp = (rating - 3.0) / 2.0 if rating == rating else 2.0 * cons - 1.0
         else:
             item, feats, topics = -1, None, None
-            exp = self.dynamics.config.satisfaction.no_click
+            exp = no_click
         state = pop.state
         shifted = self.dynamics.step_one(
             state, u, chosen_features=feats, consumption=cons, consumed_topics=topics, shown_topics=shown_topics,
@@ -237,11 +239,11 @@ class Simulator:
         mem = pop.memory
         mem.write_one(u, slate, item, rating, cons, exp, state.clock.item(u), topics)
         # the history row: the item's template row ("nothing chosen" for item -1), then rating and consumption
-        hist, slot, d = self._hist, (mem.count.item(u) - 1) % window, self._d
-        hist[u, slot] = self._hist_rows[item]
+        row, d = self._hist[u, (mem.count.item(u) - 1) % window], self._d  # a view
+        row[...] = self._hist_rows[item]
         if hit:
-            hist[u, slot, d + 1] = rating / 5.0 if rating == rating else 0.0
-            hist[u, slot, d + 2] = cons
+            row[d + 1] = rating / 5.0 if rating == rating else 0.0
+            row[d + 2] = cons
         reward = click_w * hit + leave_w * leave
         if consumption_w:
             reward += consumption_w * cons
@@ -251,14 +253,15 @@ class Simulator:
 
     def observe_one(self, u: int, cands: np.ndarray, t: int, clicks: int) -> dict[str, np.ndarray]:
         """:meth:`observe` for one user, without the batch dimension."""
-        window, inv = self._one[4:]
+        window, inv, inv_log_sessions = self._obs_one
+        pop = self.pop
         # min(x, 1.0) as a conditional (NaN passes, as with min)
-        sessions = math.log1p(self.pop.state.sessions.item(u)) * self._inv_log_sessions
+        sessions = math.log1p(pop.state.sessions.item(u)) * inv_log_sessions
         clicked = clicks * inv
         gap = self._last_gap.item(u) * 1e-3
         user = np.array([self._ages.item(u), 1.0 if 1.0 < sessions else sessions, t * inv,
                          1.0 if 1.0 < clicked else clicked, 1.0 if 1.0 < gap else gap], dtype=np.float32)
-        k = self.pop.memory.count.item(u) % window  # the oldest record sits at slot k
+        k = pop.memory.count.item(u) % window  # the oldest record sits at slot k
         return {"candidates": self.item_obs.take(cands, axis=0), "user": user,
                 "history": self._hist[u].take(self._ring_orders[k], axis=0)}
 

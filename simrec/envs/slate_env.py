@@ -12,7 +12,7 @@ from simrec.cognition import CognitionBackend
 from simrec.cognition.base import SOURCE_EMBEDDED
 from simrec.envs.registration import build_world
 from simrec.envs.simulator import HISTORY_FEATURES, USER_FEATURES, Simulator
-from simrec.envs.spaces import distinct_in_range, slate_action_space, validate_slates
+from simrec.envs.spaces import slate_action_space, validate_slates
 from simrec.envs.spec import EnvSpec, resolve_spec
 
 
@@ -92,6 +92,8 @@ class SlateEnv(gymnasium.Env):
         self._started = False
         self._session_ended = False  # end_session already called for the current session
         self._spec_one = (s.slate_size, s.num_candidates, s.max_steps, s.log_latent)  # step's spec scalars, read once
+        self._indices = frozenset(range(s.num_candidates))  # the valid action values, for step's check
+        self._user_id = ""  # sim.pop.user_id(self._u), read once per session
 
     # -- Gymnasium API --------------------------------------------------------------------------
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None):
@@ -107,6 +109,7 @@ class SlateEnv(gymnasium.Env):
         else:
             self._user = self.sim.pick_users(self.np_random, 1)
         u = self._u = int(self._user[0])
+        self._user_id = self.sim.pop.user_id(u)
         self._us = slice(u, u + 1)  # a slice keeps per-user state reads as views (fast path)
         self.sim.start_sessions(self._us, self.np_random)
         self._t = 0
@@ -114,7 +117,7 @@ class SlateEnv(gymnasium.Env):
         self._session_ended = False
         self._cands = self.sim.candidates.draw(self.np_random, 1)
         obs = self._obs()
-        info = {"user_id": self.sim.pop.user_id(u), "t": 0, "candidate_items": self._cands[0].copy()}
+        info = {"user_id": self._user_id, "t": 0, "candidate_items": self._cands[0].copy()}
         if self.sim_spec.log_latent:
             info["latent"] = self.sim.pop.state.snapshot(u)
         return obs, info
@@ -126,12 +129,16 @@ class SlateEnv(gymnasium.Env):
         a = np.asarray(action)
         if k == 1 and a.size == 1:
             a = a.reshape(1)
-        if not (a.shape == (k,) and a.dtype.kind in "iu" and distinct_in_range(a.tolist(), n)):
+        ok = a.shape == (k,) and a.dtype.kind in "iu"
+        if ok:  # distinct, and each in [0, n): one set and a subset test (cheaper than min and max calls)
+            lst = a.tolist()
+            ok = len(set(lst)) == k and self._indices.issuperset(lst)
+        if not ok:
             validate_slates(a[None, ...], n, k)  # raises with the precise problem
         slate = self._cands[0].take(a)
         u = self._u
         sim = self.sim
-        rng = self.np_random
+        rng = self._np_random  # what the np_random property returns once reset() has run, without its call
         scalar = sim._scalar if sim.backend is sim._scalar_for else sim._scalar_decide()
         reasons = None
         if scalar is not None:  # the embedded backend's scalar path: the response arrays are built here, once
@@ -169,7 +176,7 @@ class SlateEnv(gymnasium.Env):
         self._clicks += hit
         truncated = (not terminated) and self._t >= max_steps
         info: dict[str, Any] = {
-            "user_id": sim.pop.user_id(u), "t": self._t, "slate_items": slate,
+            "user_id": self._user_id, "t": self._t, "slate_items": slate,
             "clicked": clicked, "rating": rating, "consumption": consumption,
             "leave": terminated, "source": source, "concept_shift": shifted,
         }

@@ -109,11 +109,6 @@ def has_repeats(a: np.ndarray) -> bool:
     return any(np.any(a[:, i] == a[:, j]) for i in range(k) for j in range(i + 1, k))
 
 
-def distinct_in_range(lst: list[int], n: int) -> bool:
-    """The single-env fast check: a list of distinct ints in ``[0, n)``."""
-    return len(set(lst)) == len(lst) and min(lst) >= 0 and max(lst) < n
-
-
 # -- Gymnasium vector utilities -----------------------------------------------------------------
 @batch_space.register(SlateSpace)
 def _batch_slate_space(space: SlateSpace, n: int = 1) -> SlateSpace:

@@ -23,6 +23,9 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from simrec.users.state import UserState, rows
 
+# the single-user path's ufuncs, called with a positional ``out`` (module names: cheaper to look up than np.*)
+_add, _subtract, _multiply, _divide = np.add, np.subtract, np.multiply, np.divide
+
 
 class DriftConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
@@ -225,7 +228,7 @@ class Dynamics:
         self._c_keep = np.array(1.0 - c.boredom.decay, f32)
         self._c_growth = np.array(c.boredom.growth, f32)
         self._c_exposure = np.array(c.boredom.exposure, f32)
-        self._scratch: dict[int, tuple] = {}  # taste dim -> step_one's OU noise scale and scratch rows
+        self._scratch: dict[tuple[int, int], tuple] = {}  # (taste dim, topics) -> step_one's noise scale and scratch rows
         # step_one's scalar parameters, read once like the constants above (a pydantic attribute read costs
         # several plain ones, and step_one would make about fifteen)
         fc, sc = c.fatigue, c.satisfaction
@@ -298,58 +301,66 @@ class Dynamics:
         # scratch buffers are rebuilt on demand; nothing in them outlives a call
         return {**self.__dict__, "_scratch": {}}
 
-    def _scratch_for(self, dim: int) -> tuple:
+    def _scratch_for(self, dim: int, n_topics: int) -> tuple:
         """step_one's per-dimension constants and buffers (values never outlive a call): the OU noise scale
-        (0-d float32), a noise row and a row for the new taste."""
-        return np.array(self._ou_sd1 / math.sqrt(dim), np.float32), np.zeros(dim, np.float32), np.zeros(dim, np.float32)
+        (0-d float32), a noise row, a row for the new taste, one for an assimilation pull and one for a
+        boredom gain."""
+        return (np.array(self._ou_sd1 / math.sqrt(dim), np.float32), np.zeros(dim, np.float32),
+                np.zeros(dim, np.float32), np.zeros(dim, np.float32), np.zeros(n_topics, np.float32))
 
     def step_one(self, state: UserState, u: int, *, chosen_features: np.ndarray | None, consumption: float,
                  consumed_topics: np.ndarray | None, shown_topics: np.ndarray, best_utility: float,
                  experience: float, rng: np.random.Generator, directions: np.ndarray) -> bool:
-        """:meth:`step` for one user (the single env's fast path): same processes, same random draws."""
+        """:meth:`step` for one user (the single env's fast path): same processes, same random draws.
+
+        The ufuncs write to preallocated rows through a positional ``out`` (in-place ``x *= y`` included): the same
+        float32 operations in the same order, with less argument handling per call."""
         ou, assimilation, anchor_assimilation, shifts, f_base, f_poor, f_relief, s_keep, s_rate = self._p_one
         clock, steps = state.clock, state.steps_total
         clock[u] = clock.item(u) + 1.0
         steps[u] = steps.item(u) + 1
-        taste, anchor = state.taste[u], state.anchor[u]  # views: updated in place
+        taste, anchor, b = state.taste[u], state.anchor[u], state.boredom[u]  # views: updated in place
         s = self._s
-        scratch = self._scratch.get(taste.size)
+        scratch = self._scratch.get((taste.size, b.size))
         if scratch is None:
-            scratch = self._scratch[taste.size] = self._scratch_for(taste.size)
-        scale, noise, t = scratch  # t: the new taste
+            scratch = self._scratch[taste.size, b.size] = self._scratch_for(taste.size, b.size)
+        scale, noise, t, pull, gain = scratch  # t: the new taste
+        add, subtract, multiply, divide = _add, _subtract, _multiply, _divide
         if ou:  # OU step, as _ou_mean_and_noise with dt = 1 (same draws, same float32 rounding)
             rng.standard_normal(dtype=np.float32, out=noise)
-            noise *= scale
-            np.subtract(taste, anchor, out=t)
-            t *= self._c_decay1
-            t += anchor
-            t += noise
+            multiply(noise, scale, noise)
+            subtract(taste, anchor, t)
+            multiply(t, self._c_decay1, t)
+            add(t, anchor, t)
+            add(t, noise, t)
         else:
             t[...] = taste
         if chosen_features is not None and consumption > 0:
             # one row at a time: same-shape (d,) operations are about three times cheaper than broadcasting
             # over a (2, d) block of taste and anchor, with the same float32 values
             if anchor_assimilation > 0:
-                pull = chosen_features - anchor
+                subtract(chosen_features, anchor, pull)
                 s[...] = anchor_assimilation * consumption
-                pull *= s
-                pull += anchor  # the pulled anchor (x + y == y + x in IEEE arithmetic)
-                n = math.sqrt(float(pull.dot(pull)))  # .dot: the same BLAS product as @, cheaper to call
+                multiply(pull, s, pull)
+                add(pull, anchor, pull)  # the pulled anchor (x + y == y + x in IEEE arithmetic)
+                n = math.sqrt(pull.dot(pull))  # .dot: the same BLAS product as @, cheaper to call
                 s[...] = 1e-8 if 1e-8 > n else n  # max(n, 1e-8) (NaN included) without the builtin call
-                np.divide(pull, s, out=anchor)
-            pull = chosen_features - t
+                divide(pull, s, anchor)
+            subtract(chosen_features, t, pull)
             s[...] = assimilation * consumption
-            pull *= s
-            t += pull
-        n = math.sqrt(float(t.dot(t)))
+            multiply(pull, s, pull)
+            add(t, pull, t)
+        n = math.sqrt(t.dot(t))
         s[...] = 1e-8 if 1e-8 > n else n
-        np.divide(t, s, out=taste)
+        divide(t, s, taste)
         shifted = bool(concept_shift(state, slice(u, u + 1), self.config.drift, rng, directions)[0]) if shifts else False
-        b = state.boredom[u]
-        b *= self._c_keep
-        if consumed_topics is not None:
-            b += consumed_topics * self._c_growth
-        b += shown_topics * self._c_exposure
+        multiply(b, self._c_keep, b)
+        if consumed_topics is not None:  # a float32 catalog row, so its product fits the float32 scratch row
+            add(b, multiply(consumed_topics, self._c_growth, gain), b)
+        if shown_topics.dtype == gain.dtype:
+            add(b, multiply(shown_topics, self._c_exposure, gain), b)
+        else:  # a backend's sums in another dtype: computed in it, as in step()
+            b += shown_topics * self._c_exposure
         # next_fatigue and next_satisfaction on floats, inlined (same operations in the same order); the clips
         # are min(max(x, lo), hi) as conditionals, NaN passing through as it does there
         fatigue, satisfaction = state.fatigue, state.satisfaction

@@ -61,7 +61,6 @@ class MemoryBank:
         self.n_chosen = np.zeros(n_users, dtype=np.int64)
         self.n_skipped = np.zeros(n_users, dtype=np.int64)
         self._decay32 = np.array(summary_decay, np.float32)  # write_one's factor, cast once
-        self._f3 = np.ones((3, 1), np.float32)
         self._bind_views()
 
     _REC = ("rating", "consumption", "feeling", "importance", "t")
@@ -72,15 +71,20 @@ class MemoryBank:
             setattr(self, name, self._rec[:, :, j])
         for j, name in enumerate(self._TOPICS):
             setattr(self, name, self._topics[:, j])
+        # write_one's scratch rows (never outliving a call): the factors (consumption, rating, 1) of a rated record
+        # repeated over the topics, with its first two rows as views; the topic weights repeated; their product;
+        # the factor of an unrated record
+        f = np.ones((3, self._topics.shape[2]), np.float32)
+        self._rows3 = (f, f[0], f[1], np.empty_like(f), np.empty_like(f), np.empty(f.shape[1], np.float32))
 
     # Views must stay views through copy/pickle (numpy copies them as independent arrays).
     def __getstate__(self) -> dict:
-        return {k: v for k, v in self.__dict__.items() if k not in self._REC + self._TOPICS}
+        return {k: v for k, v in self.__dict__.items() if k not in self._REC + self._TOPICS + ("_rows3",)}
 
     def __setstate__(self, state: dict) -> None:
         self.__dict__.update(state)
         self.__dict__.setdefault("_decay32", np.array(self.summary_decay, np.float32))  # pickles from before it
-        self.__dict__.setdefault("_f3", np.ones((3, 1), np.float32))
+        self.__dict__.pop("_f3", None)  # an older scratch column
         self._bind_views()
 
     def __len__(self) -> int:
@@ -150,17 +154,21 @@ class MemoryBank:
         rec[0], rec[1], rec[2], rec[3], rec[4] = rating, consumption, feeling, importance, now
         self.count[u] = n + 1
         ts = self._topics[u]  # rows: topic_consumed, topic_rating_sum, topic_rating_n (views)
-        ts[0] *= self._decay32
+        consumed = ts[0]
+        multiply, add = np.multiply, np.add  # with a positional ``out``: less argument handling than ``x *= y``
+        multiply(consumed, self._decay32, consumed)
         if chosen >= 0:
             self.n_chosen[u] = self.n_chosen.item(u) + 1
-            if topic_weights is not None:
-                if rated:  # all three rows in one product (same float32 rounding)
-                    f = self._f3  # a (3, 1) float32 scratch column: consumption, rating, 1
-                    f[0, 0] = consumption
-                    f[1, 0] = rating
-                    ts += f * topic_weights
+            if topic_weights is not None:  # a float32 catalog row
+                f, f_consumption, f_rating, weights, product, f_unrated = self._rows3
+                if rated:  # all three rows in one same-shape product (same float32 values as row by row)
+                    f_consumption.fill(consumption)
+                    f_rating.fill(rating)
+                    weights[...] = topic_weights
+                    add(ts, multiply(f, weights, product), ts)
                 else:
-                    ts[0] += topic_weights * consumption
+                    f_unrated.fill(consumption)
+                    add(consumed, multiply(topic_weights, f_unrated, product[0]), consumed)
         else:
             self.n_skipped[u] = self.n_skipped.item(u) + 1
 
