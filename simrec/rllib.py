@@ -131,8 +131,9 @@ class RLlibSlateEnv(VectorWrapper):
         if k == 1:
             return np.clip(a[:, 0], 0, c - 1), np.zeros(n, np.int64)
         # one row sort finds the rows to repair (most have none); the vectorised repair then runs on those only
-        srt = np.sort(a, axis=1)
-        bad = (srt[:, 1:] == srt[:, :-1]).any(axis=1)
+        srt = a.copy()  # np.sort(a, axis=1) without its wrapper
+        srt.sort(axis=1)
+        bad = np.logical_or.reduce(srt[:, 1:] == srt[:, :-1], axis=1)
         if srt[:, 0].min() < 0 or srt[:, -1].max() >= c:
             bad |= (srt[:, 0] < 0) | (srt[:, -1] >= c)
             a = np.clip(a, 0, c - 1)
@@ -141,7 +142,7 @@ class RLlibSlateEnv(VectorWrapper):
         else:
             a = a.copy()
         repairs = np.zeros(n, np.int64)
-        rows = np.flatnonzero(bad)
+        rows = bad.nonzero()[0]
         fixed = a[rows]
         repairs[rows] = repair_in_place(fixed)
         a[rows] = fixed

@@ -168,12 +168,12 @@ class EmbeddedCognition:
         w[:, d + 1, 0] = c.conformity * tr[:, 1]
         share = tc / np.maximum(tc.sum(axis=1, keepdims=True), 1e-6)
         w[:, d + 2:, 0] = -(c.boredom * rows(pop.state.boredom, users) + nov[:, None] * share)
-        blk = np.take(self.item_block(pop.catalog), slates, axis=0)
+        blk = self.item_block(pop.catalog).take(slates, axis=0)
         self._last_block = blk  # decide() hands it on, so the simulator need not gather it again
         u = np.matmul(blk, w)[:, :, 0]
         u += nov[:, None]
         if self._popularity_shift:
-            u += self._popularity_shift * np.take(self.popularity_hinge(pop.catalog), slates)
+            u += self._popularity_shift * self.popularity_hinge(pop.catalog).take(slates)
         if pop.transitions is not None:
             ws = self.sequence_weight(pop)
             if ws:
@@ -322,7 +322,8 @@ class EmbeddedCognition:
         if c.rating_noise > 0:
             latent = latent + c.rating_noise * rng.standard_normal(latent.shape, dtype=np.float32)
         stars = _clip_ufunc(np.rint(latent), 1.0, 5.0).astype(np.float32)[:, 0]
-        rating = np.full((B, K), np.nan, dtype=np.float32)
+        rating = np.empty((B, K), dtype=np.float32)
+        rating.fill(np.nan)  # np.full without its wrapper
         rating[ar, col] = np.where(hit & (noise[:, K + 2] < c.rate_prob), stars, np.nan)
         logit = self.leave_logit(fatigue, tr[:, 3], rows(pop.state.satisfaction, users), ~hit)
         leave = noise[:, K + 3] * (1.0 + np.exp(-logit)) < 1.0  # u < sigmoid(logit)

@@ -30,6 +30,8 @@ class CandidateGenerator:
             raise ValueError(f"candidates kind 'catalog' shows all {len(catalog)} items; set num_candidates={len(catalog)} "
                              f"(got {num_candidates})")
         self._offsets = np.arange(num_candidates)
+        self._arange = np.arange(self.n)
+        self._perm = np.empty(self.n + num_candidates, np.int64)  # draw()'s permutation buffer (never outlives a call)
         self._logpop = np.log(catalog.popularity.astype(np.float64) + 0.01)
         self._avail: np.ndarray | None = None  # catalog indices that may be drawn; None = all
         self._mask: np.ndarray | None = None
@@ -80,10 +82,14 @@ class CandidateGenerator:
             return np.tile(self._offsets, (batch, 1))
         if batch == 1:
             return self._draw_one(rng)
-        perm = rng.permutation(self.n)
-        perm = np.concatenate((perm, perm[: self.k]))  # wrap-around without a modulo
+        # rng.permutation(n) shuffles a fresh arange(n); this shuffles one in place in a buffer that repeats its
+        # first k entries at the end, for windows that wrap around without a modulo (the same draws)
+        perm = self._perm
+        perm[: self.n] = self._arange
+        rng.shuffle(perm[: self.n])
+        perm[self.n:] = perm[: self.k]
         start = rng.integers(0, self.n, size=(batch, 1))
-        return np.take(perm, start + self._offsets)
+        return perm.take(start + self._offsets)
 
     def draw_one(self, rng: np.random.Generator) -> np.ndarray:
         """``draw(rng, 1)``, the single env's per-step call: a buffered row of the current block is handed out

@@ -16,6 +16,7 @@ from simrec.cognition import CognitionBackend, ResponseBatch, make_backend
 from simrec.envs.candidates import CandidateGenerator
 from simrec.users.dynamics import Dynamics, as_index, experience_of
 from simrec.users.population import Population
+from simrec.users.state import rows
 from simrec.users.transitions import push_recent, push_recent_one
 from simrec.envs.spec import EnvSpec
 from simrec.users.world import World
@@ -147,7 +148,7 @@ class Simulator:
         if util is None:
             util = self.backend_free_utility(users, slates)
         d = cat.dim
-        chosen_row = np.take(self.item_rows, chosen, axis=0)  # the pad row (zeros) when nothing was chosen
+        chosen_row = self.item_rows.take(chosen, axis=0)  # the pad row (zeros) when nothing was chosen
         consumed_topics = chosen_row[:, d + 1:]
         shown_topics = resp.meta.get("shown_topics")
         if shown_topics is None:
@@ -161,7 +162,7 @@ class Simulator:
         if pop.state.recent.shape[1]:  # the clicked items become the users' newest recent items
             push_recent(pop.state.recent, as_index(users)[clicked_any], chosen[clicked_any])
         # the history rows: each item's template row ("nothing chosen" for -1), then rating and consumption
-        row = np.take(self._hist_rows, chosen, axis=0)
+        row = self._hist_rows.take(chosen, axis=0)
         row[:, d + 1] = np.where(np.isnan(rating), 0.0, rating / 5.0)
         row[:, d + 2] = cons
         self._hist[users, (pop.memory.count[users] - 1) % self.spec.history_window] = row
@@ -276,16 +277,15 @@ class Simulator:
     # -- observations ---------------------------------------------------------------------------
     def observe(self, users: np.ndarray | slice, cands: np.ndarray, t: np.ndarray, clicks: np.ndarray) -> dict[str, np.ndarray]:
         """Batched observation dict; leading dim B."""
-        s, st = self.spec, self.pop.state
+        st, (window, inv) = self.pop.state, self._obs_one[:2]
         user = np.empty((cands.shape[0], len(USER_FEATURES)), np.float32)
-        user[:, 0] = self._ages[users]
-        user[:, 1] = np.minimum(np.log1p(st.sessions[users]) * self._inv_log_sessions, 1.0)
-        user[:, 2] = t * (1.0 / s.max_steps)
-        user[:, 3] = np.minimum(clicks * (1.0 / s.max_steps), 1.0)
-        user[:, 4] = np.minimum(self._last_gap[users] * 1e-3, 1.0)
+        user[:, 0] = rows(self._ages, users)
+        user[:, 1] = np.minimum(np.log1p(rows(st.sessions, users)) * self._inv_log_sessions, 1.0)
+        user[:, 2] = t * inv
+        user[:, 3] = np.minimum(clicks * inv, 1.0)
+        user[:, 4] = np.minimum(rows(self._last_gap, users) * 1e-3, 1.0)
         # oldest first: ring slots count, count + 1, ... (mod window)
-        w = s.history_window
-        flat = as_index(users)[:, None] * w + (self.pop.memory.count[users][:, None] + self._hist_order) % w
-        hist = np.take(self._hist.reshape(-1, self._hist.shape[2]), flat.ravel(), axis=0).reshape(flat.shape + (-1,))
-        cand = np.take(self.item_obs, cands.ravel(), axis=0).reshape(cands.shape + (-1,))
+        flat = as_index(users)[:, None] * window + (rows(self.pop.memory.count, users)[:, None] + self._hist_order) % window
+        hist = self._hist.reshape(-1, self._hist.shape[2]).take(flat, axis=0)
+        cand = self.item_obs.take(cands, axis=0)
         return {"candidates": cand, "user": user, "history": hist}

@@ -139,7 +139,7 @@ class SlateVectorEnv(VectorEnv):
             return self._step_with_resets(a, checked)
         if not checked and not slates_ok(a, s.num_candidates, s.slate_size):
             a = validate_slates(a, s.num_candidates, s.slate_size)  # raises, naming the problem
-        slates = np.take(self._cands.ravel(), a + self._row_offsets)
+        slates = self._cands.take(a + self._row_offsets)  # flat indices
         res = self.sim.step(self._users, slates, self.np_random)
         r = res.response
         self._t += 1
@@ -196,13 +196,14 @@ class SlateVectorEnv(VectorEnv):
         s, n = self.sim_spec, self.num_envs
         fresh = self._autoreset
         live = ~fresh
-        rows = np.flatnonzero(live)
-        idx = np.flatnonzero(fresh)
+        rows = live.nonzero()[0]
+        idx = fresh.nonzero()[0]
         self._refill(idx, self._users[rows], self._users[idx])
         reward = np.zeros(n, dtype=np.float64)
         terminated = np.zeros(n, dtype=bool)
         truncated = np.zeros(n, dtype=bool)
-        slates = np.full((n, s.slate_size), -1, dtype=np.int64)
+        slates = np.empty((n, s.slate_size), dtype=np.int64)
+        slates.fill(-1)
         clicked = np.zeros((n, s.slate_size), dtype=bool)
         rating = np.zeros((n, s.slate_size), dtype=np.float32)  # ResponseBatch dtypes, as SAME_STEP returns them
         consumption = np.zeros((n, s.slate_size), dtype=np.float32)
@@ -212,7 +213,7 @@ class SlateVectorEnv(VectorEnv):
             al = a[rows]
             if not checked and not slates_ok(al, s.num_candidates, s.slate_size):
                 al = validate_slates(al, s.num_candidates, s.slate_size)
-            slates[rows] = np.take(self._cands.ravel(), al + self._row_offsets[rows])
+            slates[rows] = self._cands.take(al + self._row_offsets[rows])
             res = self.sim.step(self._users[rows], slates[rows], self.np_random)
             r = res.response
             self._t[rows] += 1
@@ -258,7 +259,8 @@ def slates_ok(a: np.ndarray, num_candidates: int, slate_size: int) -> bool:
         return False
     if slate_size == 1:
         return bool(a.min() >= 0 and a.max() < num_candidates)
-    srt = np.sort(a, axis=1)
+    srt = a.copy()  # np.sort(a, axis=1) without its wrapper
+    srt.sort(axis=1)
     return bool(srt[:, 0].min() >= 0 and srt[:, -1].max() < num_candidates and not (srt[:, 1:] == srt[:, :-1]).any())
 
 
