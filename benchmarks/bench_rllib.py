@@ -15,15 +15,20 @@ batch 2048, minibatch 256, 4 epochs, a [64, 64] MLP: ``bench_core.py``'s SB3 PPO
 
 All three are built first, then their training windows are interleaved ``--repeats`` times, so load
 changes on a shared machine hit all of them alike; each reports its best window. Windows are 8 iterations
-(16,384 timesteps, 3-5 s for simrec on a 2-core machine) and 5 of them per algorithm: with the earlier 4
-iterations x 3 windows (about 1.5 s each) the share moved between 8% and 25% from one run to the next on a
-shared machine, because a single slow window decided the best; ``--quick`` keeps the short windows. The env share of PPO
-time is ``1 - (simrec timesteps/s) / (zero-cost timesteps/s)``: the fraction of wall time that goes away
-when the env costs nothing. Target: at most 10% (SB3's PPO on ``SB3VecEnv``: about 23%). The same share of
-CPU time (this process, where the learner runs, plus every runner; median window) is printed too: it is
-less disturbed by other load on a shared machine, and it over- rather than under-states the wall-time
-share, because the runners' env time runs in parallel. RLlib's own ``env_step_timer`` (milliseconds per
-vector-env step, in the runners) is printed as well.
+(16,384 timesteps, about 3 s for simrec on a 2-core machine) and 10 of them per algorithm. With 4 iterations
+x 3 windows (about 1.5 s each) the share moved between 8% and 25% from one run to the next on a shared
+machine, because a single slow window decided the best; with 5 windows of 8 iterations zero-cost windows of one
+run still spread from 4,700 to 6,400 timesteps/s, more than the effect measured. ``--quick`` keeps 2 short
+windows. The env share of PPO time is ``1 - (simrec timesteps/s) / (zero-cost timesteps/s)``: the fraction of
+wall time that goes away when the env costs nothing. Target: at most 10% (SB3's PPO on ``SB3VecEnv``: about
+23%). Printed next to it:
+
+* the same share of CPU time (this process, where the learner runs, plus every runner; median window): less
+  disturbed by other load on a shared machine;
+* the share in each round (simrec's window against the zero-cost window right after it), median over rounds;
+* the share by RLlib's own ``env_step_timer`` (milliseconds per vector-env step, in the runners): each runner's
+  vector steps in a window times that timer, over the window's wall time, median over windows. Runners sample
+  in parallel, so one runner's env time is the env's part of the wall clock.
 """
 
 from __future__ import annotations
@@ -148,7 +153,7 @@ def main() -> None:
     ap.add_argument("--runners", type=int, default=2, help="env runners (remote actors)")
     ap.add_argument("--envs", type=int, default=8, help="envs per env runner")
     ap.add_argument("--iters", type=int, default=8, help="training iterations per timed window")
-    ap.add_argument("--repeats", type=int, default=5, help="interleaved windows per algorithm; the best counts")
+    ap.add_argument("--repeats", type=int, default=10, help="interleaved windows per algorithm; the best counts")
     ap.add_argument("--quick", action="store_true", help="2 iterations x 2 repeats")
     ap.add_argument("--torch-threads", type=int, default=1,
                     help="torch threads of the learner (in this process); runners get 1 from Ray")
@@ -186,6 +191,14 @@ def main() -> None:
     s, z, c = best["simrec"], best["zero-cost"], best["CartPole-v1"]
     share = 1.0 - s["timesteps_per_s"] / z["timesteps_per_s"]
     cpu_share = 1.0 - cpu["zero-cost"] / cpu["simrec"]
+    # Two cross-checks that do not hang on one best window each: the share in each round (simrec's window
+    # against the zero-cost window run right after it), median over rounds; and RLlib's own env timer: each
+    # runner's vector steps in a window times its mean step time, over the window's wall time (runners sample
+    # in parallel, so one runner's env time is the env's share of the wall clock), median over windows.
+    paired = float(np.median([1.0 - a["timesteps_per_s"] / b["timesteps_per_s"]
+                              for a, b in zip(runs["simrec"], runs["zero-cost"])]))
+    timer = float(np.median([r["env_step_ms"] * 1e-3 * r["timesteps"] / (args.runners * args.envs) / r["seconds"]
+                             for r in runs["simrec"]]))
     import ray as _ray
 
     res = {
@@ -197,6 +210,7 @@ def main() -> None:
         "simrec_vs_cartpole": s["timesteps_per_s"] / c["timesteps_per_s"],
         "simrec_vs_zero_cost": s["timesteps_per_s"] / z["timesteps_per_s"],
         "env_share_of_ppo_time": share, "env_share_of_ppo_cpu": cpu_share, "env_share_target": 0.10,
+        "env_share_paired_median": paired, "env_share_by_env_timer": timer,
         "build_and_warmup_s": t_build,
     }
     print(f"RLlib PPO, {args.runners} env runners x {args.envs} envs, batch 2048, minibatch 256, 4 epochs, "
@@ -209,6 +223,8 @@ def main() -> None:
               f"{r['episode_len_mean']:>13.1f}")
     print(f"env share of PPO wall time (1 - simrec / zero-cost timesteps/s): {share:.1%}; of PPO CPU time "
           f"(learner + runners): {cpu_share:.1%} (target <= 10%; SB3 today: about 23%)")
+    print(f"cross-checks: median over rounds of the same share: {paired:.1%}; RLlib's env step timer x steps per "
+          f"runner / wall time: {timer:.1%} (median window)")
     print(f"load average at the end: {res['machine']['load_avg_1m']:.1f} on {os.cpu_count()} CPUs")
     if args.json:
         with open(args.json, "w") as f:

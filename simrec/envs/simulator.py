@@ -120,10 +120,10 @@ class Simulator:
         if exclude is not None and exclude.size:
             keys[exclude] = -np.inf
         if count == 1:
-            return np.array([int(np.argmax(keys))])
+            return np.array([int(keys.argmax())])
         if count > np.isfinite(keys).sum():
             raise ValueError(f"need {count} idle users but the population has only {np.isfinite(keys).sum()}")
-        return np.argpartition(-keys, count - 1)[:count]
+        return (-keys).argpartition(count - 1)[:count]
 
     # -- one step -------------------------------------------------------------------------------
     def step(self, users: np.ndarray | slice, slates: np.ndarray, rng: np.random.Generator) -> StepResult:
