@@ -2,6 +2,7 @@
 
     /work/venv-ray/bin/python benchmarks/bench_rllib.py --json benchmarks/results/bench_rllib.json
     python benchmarks/bench_rllib.py --quick          # shorter windows (needs the ``ray`` extra)
+    python benchmarks/bench_rllib.py --envs 32 --env-only   # only the env's own step time, in process (no Ray)
 
 Three PPO algorithms with the same settings (``--runners`` env runners x ``--envs`` envs each, train
 batch 2048, minibatch 256, 4 epochs, a [64, 64] MLP: ``bench_core.py``'s SB3 PPO settings):
@@ -99,6 +100,26 @@ def simrec_episode_len(num_envs: int = 64, steps: int = 400) -> float:
     return float(np.mean(lens))
 
 
+def adapter_step_ms(num_envs: int, steps: int = 500, repeats: int = 7) -> float:
+    """Milliseconds per step of simrec's RLlib env in this process (no Ray, no policy): ``num_envs`` slots,
+    actions drawn like an untrained MultiCategorical head's (repeats repaired), resets included; best of
+    ``repeats`` loops. What the env itself costs, without the runners' contention for the cores."""
+    import simrec.rllib
+
+    env = simrec.rllib.make_env({"num_envs": num_envs})
+    env.reset(seed=0)
+    actions = np.random.default_rng(0).integers(0, 50, size=(steps, num_envs, 5))
+    for a in actions[:100]:  # warm-up
+        env.step(a)
+    best = float("inf")
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        for a in actions:
+            env.step(a)
+        best = min(best, (time.perf_counter() - t0) / steps)
+    return 1e3 * best
+
+
 def build(kind: str, args: argparse.Namespace, episode_len: int = 0) -> Any:
     from ray.rllib.algorithms.ppo import PPOConfig
     from ray.tune.registry import register_env
@@ -158,7 +179,13 @@ def main() -> None:
     ap.add_argument("--torch-threads", type=int, default=1,
                     help="torch threads of the learner (in this process); runners get 1 from Ray")
     ap.add_argument("--json", help="also write the results to this file")
+    ap.add_argument("--env-only", action="store_true",
+                    help="only time the env in this process (no Ray needed) and exit")
     args = ap.parse_args()
+    env_ms = adapter_step_ms(args.envs)
+    print(f"simrec's RLlib env in this process, {args.envs} users: {env_ms:.3f} ms per step (best of 7 x 500 steps)")
+    if args.env_only:
+        return
     if args.quick:
         args.iters, args.repeats = 2, 2
     import ray
@@ -211,7 +238,7 @@ def main() -> None:
         "simrec_vs_zero_cost": s["timesteps_per_s"] / z["timesteps_per_s"],
         "env_share_of_ppo_time": share, "env_share_of_ppo_cpu": cpu_share, "env_share_target": 0.10,
         "env_share_paired_median": paired, "env_share_by_env_timer": timer,
-        "build_and_warmup_s": t_build,
+        "build_and_warmup_s": t_build, "adapter_step_ms_in_process": env_ms,
     }
     print(f"RLlib PPO, {args.runners} env runners x {args.envs} envs, batch 2048, minibatch 256, 4 epochs, "
           f"MLP {HIDDEN}; best of {args.repeats} windows of {args.iters} iterations (CPU: median)")
