@@ -55,9 +55,13 @@ def test_wrapper_flattens_like_gymnasium_and_repairs_what_it_counts() -> None:
         a = repeating_slates(rng, 6)
         fixed, rep = repair_slates(a, 50)
         obs, r, term, trunc, info = env.step(a)  # would raise InvalidActionError unrepaired
-        ref, r_ref, *_ = raw.step(fixed)
+        ref, r_ref, _, _, ref_info = raw.step(fixed)
         np.testing.assert_array_equal(r, r_ref)
         np.testing.assert_array_equal(info["slate_repairs"], rep * live)
+        # the kept keys as Python ints (cheap for RLlib to store and pickle), equal to the vector env's
+        for key in ("user", "t", "slate_repairs"):
+            assert info[key].dtype == object and all(type(v) is int for v in info[key])
+        assert info["user"].tolist() == ref_info["user"].tolist() and info["t"].tolist() == ref_info["t"].tolist()
         repaired += int((rep * live).sum())
         assert set(info) <= {"user", "t", "slate_repairs", "_t", "_user"}  # trimmed: RLlib copies every key
     assert repaired > 0 and env.slate_repairs == repaired
