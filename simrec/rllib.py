@@ -180,8 +180,8 @@ class RLlibSlateEnv(VectorWrapper):
 
 def _as_python(values: Any) -> Any:
     """A ``(num_envs,)`` integer or bool info array as an object array of Python scalars. RLlib keeps one info
-    dict per slot and step in its episodes and pickles them back from every runner: numpy scalars cost about
-    ten times more to pickle than Python ones, which at three keys was about 8 µs per timestep."""
+    dict per slot and step in its episodes and pickles them back from every runner, and numpy scalars cost
+    several times more to pickle than Python ones."""
     if isinstance(values, np.ndarray) and values.ndim == 1 and values.dtype.kind in "biu":
         out = np.empty(values.shape[0], dtype=object)
         out[:] = values.tolist()
