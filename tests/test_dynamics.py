@@ -462,6 +462,50 @@ def test_dynamics_step_is_seeded(make_sim):
     assert not np.array_equal(a.taste, c.taste)
 
 
+def _step_by_processes(dynamics: Dynamics, state: UserState, users: np.ndarray, rng: np.random.Generator,
+                       **kw) -> np.ndarray:
+    """Dynamics.step as the composition of the module's processes (the reference its inlined version must match)."""
+    c = dynamics.config
+    state.clock[users] += 1.0
+    state.steps_total[users] += 1
+    t = dyn._ou_mean_and_noise(state, users, c.drift, rng, 1.0)
+    a = (c.drift.assimilation * kw["consumption"])[:, None]
+    state.taste[users] = dyn._normalize_rows(t + a * (kw["chosen_features"] - t))
+    an = state.anchor[users]
+    state.anchor[users] = dyn._normalize_rows(
+        an + (c.drift.anchor_assimilation * kw["consumption"])[:, None] * (kw["chosen_features"] - an))
+    shifted = dyn.concept_shift(state, users, c.drift, rng, kw["directions"])
+    dyn.update_boredom(state, users, kw["consumed_topics"], kw["shown_topics"], c.boredom)
+    dyn.update_fatigue(state, users, kw["best_utility"], kw["experience"] > 0, c.fatigue)
+    dyn.update_satisfaction(state, users, kw["experience"], c.satisfaction)
+    return shifted
+
+
+@pytest.mark.parametrize("wide", [False, True])  # float32 inputs, as the simulator passes, or float64 ones
+@pytest.mark.parametrize("drift", [{}, {"shift_rate": 0.3}, {"theta": 0.0, "sigma": 0.0}])
+def test_the_inlined_step_is_the_processes_bit_for_bit(drift: dict, wide: bool) -> None:
+    dynamics = Dynamics({"drift": drift})
+    rng = np.random.default_rng(3)
+    n, users = 40, np.array([3, 17, 5, 30, 0, 22, 9, 11])
+    dt = np.float64 if wide else np.float32
+    consumption = (rng.random(users.size) * (rng.random(users.size) < 0.6)).astype(dt)
+    kw = {"chosen_features": _unit(rng.normal(size=(users.size, D))), "consumption": consumption,
+          "consumed_topics": rng.random((users.size, 20)).astype(np.float32),
+          "shown_topics": rng.random((users.size, 20)).astype(np.float32),
+          "best_utility": rng.normal(size=users.size).astype(dt),
+          "experience": (2 * rng.random(users.size) - 1).astype(np.float32),
+          "directions": _unit(rng.normal(size=(20, D)))}
+    for step in range(3):
+        a, b = _random_state(n, seed=step), _random_state(n, seed=step)
+        a.fatigue[:] = b.fatigue[:] = rng.random(n).astype(np.float32)
+        shifted = dynamics.step(a, users, rng=np.random.default_rng(step), **kw)
+        expect = _step_by_processes(dynamics, b, users, np.random.default_rng(step), **kw)
+        np.testing.assert_array_equal(shifted, expect)
+        for k in a.__dict__:
+            np.testing.assert_array_equal(getattr(a, k), getattr(b, k), err_msg=k)
+    assert not np.array_equal(a.taste, _random_state(n, seed=2).taste)
+
+
 @pytest.mark.parametrize("fn", [dyn.ou_drift, dyn.assimilate, dyn.concept_shift, dyn.update_boredom,
                                 dyn.decay_boredom, dyn.update_fatigue, dyn.update_satisfaction,
                                 dyn.experience_of, Dynamics.step, Dynamics.between_sessions,

@@ -267,14 +267,13 @@ class Dynamics:
             t += noise
         else:
             t = taste.copy()
-        pull = chosen_features - t
-        pull *= (assimilation * consumption)[:, None]
+        # out of place where a backend's float64 consumption would widen the product, as it did before
+        pull = (chosen_features - t) * (assimilation * consumption)[:, None]
         pull += t
         state.taste[users] = _normalize_rows(pull)
         if anchor_assimilation > 0:
             an = rows(state.anchor, users)
-            pull = chosen_features - an
-            pull *= (anchor_assimilation * consumption)[:, None]
+            pull = (chosen_features - an) * (anchor_assimilation * consumption)[:, None]
             pull += an
             state.anchor[users] = _normalize_rows(pull)
         shifted = concept_shift(state, users, d, rng, directions) if shifts else np.zeros(taste.shape[0], dtype=bool)
@@ -290,7 +289,7 @@ class Dynamics:
         np.divide(1.0, poor, out=poor)
         poor *= f_poor
         x = rows(state.fatigue, users) + f_base
-        x += poor
+        x = x + poor  # float64 when a backend's utility is
         state.fatigue[users] = _clip_ufunc(x - f_relief * (experience > 0), 0.0, 1.0)
         x = s_keep * rows(state.satisfaction, users)
         x += s_rate * experience
