@@ -498,6 +498,8 @@ def test_the_inlined_step_is_the_processes_bit_for_bit(drift: dict, wide: bool) 
     for step in range(3):
         a, b = _random_state(n, seed=step), _random_state(n, seed=step)
         a.fatigue[:] = b.fatigue[:] = rng.random(n).astype(np.float32)
+        a.satisfaction[:] = b.satisfaction[:] = (2 * rng.random(n) - 1).astype(np.float32)
+        a.boredom[:] = b.boredom[:] = rng.random(a.boredom.shape).astype(np.float32)
         shifted = dynamics.step(a, users, rng=np.random.default_rng(step), **kw)
         expect = _step_by_processes(dynamics, b, users, np.random.default_rng(step), **kw)
         np.testing.assert_array_equal(shifted, expect)
