@@ -736,3 +736,33 @@ def test_response_batch_validate_rejects_bad_shapes_and_ranges(corrupt, match):
     corrupt(r)
     with pytest.raises(ValueError, match=match):
         r.validate(2, 3)
+
+
+def test_the_simulator_step_is_the_same_with_and_without_the_backends_choice(make_sim):
+    """The embedded model hands the chosen position on (``meta["choice"]``); without it the simulator finds it in
+    the response. Both routes must give the same state, memory, history and rewards."""
+
+    class Searching(EmbeddedCognition):
+        def decide(self, pop, users, slates, rng):
+            resp = super().decide(pop, users, slates, rng)
+            del resp.meta["choice"]
+            return resp
+
+    def run(searching: bool):
+        sim = make_sim(seed=0, reward={"click": 1.0, "consumption": 0.5, "rating": 0.3, "leave": -1.0})
+        if searching:
+            sim.backend = Searching(sim.spec.choice)
+        rng = np.random.default_rng(7)
+        users = np.arange(0, sim.pop.n_users, 3)
+        sim.start_sessions(users, rng)
+        rewards = [sim.step(users, sim.candidates.draw(rng, users.size)[:, :5], rng).reward for _ in range(30)]
+        return sim, np.array(rewards)
+
+    (a, ra), (b, rb) = run(False), run(True)
+    np.testing.assert_array_equal(ra, rb)
+    assert ra.any()
+    for k in a.pop.state.__dict__:
+        np.testing.assert_array_equal(getattr(a.pop.state, k), getattr(b.pop.state, k), err_msg=k)
+    for k in ("_rec", "_topics", "shown", "chosen", "count", "n_chosen", "n_skipped"):
+        np.testing.assert_array_equal(getattr(a.pop.memory, k), getattr(b.pop.memory, k), err_msg=k)
+    np.testing.assert_array_equal(a._hist, b._hist)
