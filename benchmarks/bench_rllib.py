@@ -16,11 +16,11 @@ batch 2048, minibatch 256, 4 epochs, a [64, 64] MLP: ``bench_core.py``'s SB3 PPO
 
 All three are built first, then their training windows are interleaved ``--repeats`` times, so load
 changes on a shared machine hit all of them alike; each reports its best window. Windows are 8 iterations
-(16,384 timesteps, about 3 s for simrec on a 2-core machine) and 10 of them per algorithm. With 4 iterations
-x 3 windows (about 1.5 s each) the share moved between 8% and 25% from one run to the next on a shared
-machine, because a single slow window decided the best; with 5 windows of 8 iterations zero-cost windows of one
-run still spread from 4,700 to 6,400 timesteps/s, more than the effect measured. ``--quick`` keeps 2 short
-windows. The env share of PPO time is ``1 - (simrec timesteps/s) / (zero-cost timesteps/s)``: the fraction of
+(16,384 timesteps, about 3 s for simrec on a 2-core machine) and 20 of them per algorithm (a run takes about
+4 minutes). With 4 iterations x 3 windows (about 1.5 s each) the share moved between 8% and 25% from one run to
+the next on a shared machine, because a single slow window decided the best; with 5 or 10 windows of 8
+iterations the zero-cost windows of one run still spread by up to 1.8x, more than the effect measured, and the
+share moved between 1.4% and 13%. ``--quick`` keeps 2 short windows. The env share of PPO time is ``1 - (simrec timesteps/s) / (zero-cost timesteps/s)``: the fraction of
 wall time that goes away when the env costs nothing. Target: at most 10% (SB3's PPO on ``SB3VecEnv``: about
 23%). Printed next to it:
 
@@ -174,7 +174,7 @@ def main() -> None:
     ap.add_argument("--runners", type=int, default=2, help="env runners (remote actors)")
     ap.add_argument("--envs", type=int, default=8, help="envs per env runner")
     ap.add_argument("--iters", type=int, default=8, help="training iterations per timed window")
-    ap.add_argument("--repeats", type=int, default=10, help="interleaved windows per algorithm; the best counts")
+    ap.add_argument("--repeats", type=int, default=20, help="interleaved windows per algorithm; the best counts")
     ap.add_argument("--quick", action="store_true", help="2 iterations x 2 repeats")
     ap.add_argument("--torch-threads", type=int, default=1,
                     help="torch threads of the learner (in this process); runners get 1 from Ray")
