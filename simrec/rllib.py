@@ -160,11 +160,7 @@ class RLlibSlateEnv(VectorWrapper):
         repairs = repairs * live
         self.slate_repairs += int(repairs.sum())
         self.slates_sent += int(live.sum())
-        if self.env is self.base and self.base._started:  # nothing in between: the repaired slates need no second check
-            a = slates[:, None] if slates.ndim == 1 else slates
-            obs, reward, terminated, truncated, info = self.base._step_slates(a, checked=True)
-        else:
-            obs, reward, terminated, truncated, info = self.env.step(slates)
+        obs, reward, terminated, truncated, info = self.env.step(slates)
         info = self._info(info)
         if self.info_keys is None or "slate_repairs" in self.info_keys:
             info["slate_repairs"] = repairs if self.info_keys is None else _as_python(repairs)

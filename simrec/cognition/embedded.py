@@ -23,10 +23,9 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from simrec.cognition.base import SOURCE_EMBEDDED, JudgeBatch, ResponseBatch
-from simrec.users.state import rows
+from simrec.users.state import clip_ufunc, rows
 
 _add_reduce = np.add.reduce  # .sum() without its Python-level wrapper (the same pairwise sum)
-_clip_ufunc = (np._core if hasattr(np, "_core") else np.core).umath.clip  # np.clip without its Python wrapper
 
 if TYPE_CHECKING:
     from simrec.catalog import Catalog
@@ -271,15 +270,15 @@ class EmbeddedCognition:
         latent = self.rating_latents(pop, users, slates, util)
         if rng is not None and c.rating_noise > 0:
             latent = latent + c.rating_noise * rng.standard_normal(latent.shape, dtype=np.float32)
-        return np.clip(np.rint(latent), 1.0, 5.0).astype(np.float32)
+        return clip_ufunc(np.rint(latent), 1.0, 5.0).astype(np.float32)
 
     def rating_latents(self, pop: "Population", users: np.ndarray | slice, slates: np.ndarray,
                        util: np.ndarray) -> np.ndarray:
         """The ordinal model's latent score ``(B, K)`` before noise and rounding."""
         if self.config.rating_dims:
             util = self.rating_utility(pop, users, slates)
-        tr = pop.traits[users]
-        return self.latent_rating(util, pop.rating_bias[users][:, None], tr[:, 4:5], tr[:, 1:2],
+        tr = rows(pop.traits, users)
+        return self.latent_rating(util, rows(pop.rating_bias, users)[:, None], tr[:, 4:5], tr[:, 1:2],
                                   pop.catalog.quality[slates])
 
     def rating_utility(self, pop: "Population", users: np.ndarray | slice, items: np.ndarray) -> np.ndarray:
@@ -314,14 +313,7 @@ class EmbeddedCognition:
         clicked[ar, col] = hit
         consumption = np.zeros((B, K), dtype=np.float32)
         consumption[ar, col] = hit / (1.0 + np.exp(-(c.consumption_scale * uc + e)))
-        # ratings() for the chosen items, with the traits already gathered
-        items = slates[ar, col][:, None]
-        ur = self.rating_utility(pop, users, items) if c.rating_dims else uc[:, None]
-        latent = self.latent_rating(ur, rows(pop.rating_bias, users)[:, None], tr[:, 4:5], tr[:, 1:2],
-                                    pop.catalog.quality[items])
-        if c.rating_noise > 0:
-            latent = latent + c.rating_noise * rng.standard_normal(latent.shape, dtype=np.float32)
-        stars = _clip_ufunc(np.rint(latent), 1.0, 5.0).astype(np.float32)[:, 0]
+        stars = self.ratings(pop, users, slates[ar, col][:, None], uc[:, None], rng)[:, 0]
         rating = np.empty((B, K), dtype=np.float32)
         rating.fill(np.nan)  # np.full without its wrapper
         rating[ar, col] = np.where(hit & (noise[:, K + 2] < c.rate_prob), stars, np.nan)

@@ -129,15 +129,9 @@ class SlateVectorEnv(VectorEnv):
             a = a[:, None]
         if a.shape[0] != self.num_envs:
             raise ValueError(f"expected actions for {self.num_envs} envs, got shape {a.shape}")
-        return self._step_slates(a, checked=False)
-
-    def _step_slates(self, a: np.ndarray, checked: bool):
-        """:meth:`step` on ``(num_envs, slate_size)`` positions; ``checked``: the caller (simrec's RLlib adapter,
-        which repairs every slate) guarantees valid distinct in-range slates, so they are not checked again."""
-        s = self.sim_spec
         if self._autoreset.any():
-            return self._step_with_resets(a, checked)
-        if not checked and not slates_ok(a, s.num_candidates, s.slate_size):
+            return self._step_with_resets(a)
+        if not slates_ok(a, s.num_candidates, s.slate_size):
             a = validate_slates(a, s.num_candidates, s.slate_size)  # raises, naming the problem
         slates = self._cands.take(a + self._row_offsets)  # flat indices
         res = self.sim.step(self._users, slates, self.np_random)
@@ -191,7 +185,7 @@ class SlateVectorEnv(VectorEnv):
         self._t[idx] = 0
         self._clicks[idx] = 0
 
-    def _step_with_resets(self, a: np.ndarray, checked: bool = False):
+    def _step_with_resets(self, a: np.ndarray):
         """A ``NEXT_STEP`` step where some slots start a new session instead of stepping."""
         s, n = self.sim_spec, self.num_envs
         fresh = self._autoreset
@@ -211,7 +205,7 @@ class SlateVectorEnv(VectorEnv):
         shifted = np.zeros(n, dtype=bool)
         if rows.size:  # the resetting slots' actions are ignored, as in Gymnasium: not even validated
             al = a[rows]
-            if not checked and not slates_ok(al, s.num_candidates, s.slate_size):
+            if not slates_ok(al, s.num_candidates, s.slate_size):
                 al = validate_slates(al, s.num_candidates, s.slate_size)
             slates[rows] = self._cands.take(al + self._row_offsets[rows])
             res = self.sim.step(self._users[rows], slates[rows], self.np_random)

@@ -21,7 +21,7 @@ import math
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
-from simrec.users.state import UserState, rows
+from simrec.users.state import UserState, clip_ufunc, rows
 
 # the single-user path's ufuncs, called with a positional ``out`` (module names: cheaper to look up than np.*)
 _add, _subtract, _multiply, _divide = np.add, np.subtract, np.multiply, np.divide
@@ -171,10 +171,6 @@ def decay_boredom(state: UserState, users: np.ndarray | slice, cfg: BoredomConfi
     state.boredom[users] *= ((1.0 - cfg.decay) ** dt)[:, None]
 
 
-#: numpy's clip ufunc (``np.clip`` is a Python wrapper around it)
-_clip_ufunc = (np._core if hasattr(np, "_core") else np.core).umath.clip
-
-
 def _exp(x):
     return math.exp(x) if isinstance(x, float) else np.exp(x)
 
@@ -237,7 +233,6 @@ class Dynamics:
         # and a scratch 0-d float32 for per-step factors: a ufunc takes it about twice as fast as a Python
         # float, with the same result (the float is cast to float32 either way)
         self._s = np.zeros((), f32)
-        self._boredom_keep = (1.0 - c.boredom.decay) ** 1.0  # update_boredom's factor at dt = 1
 
     def step(self, state: UserState, users: np.ndarray | slice, *, chosen_features: np.ndarray,
              consumption: np.ndarray, consumed_topics: np.ndarray, shown_topics: np.ndarray,
@@ -277,7 +272,7 @@ class Dynamics:
             pull += an
             state.anchor[users] = _normalize_rows(pull)
         shifted = concept_shift(state, users, d, rng, directions) if shifts else np.zeros(taste.shape[0], dtype=bool)
-        b = rows(state.boredom, users) * self._boredom_keep
+        b = rows(state.boredom, users) * self._c_keep  # update_boredom's (1 - decay) ** dt at dt = 1, as float32
         b += c.boredom.growth * consumed_topics
         b += c.boredom.exposure * shown_topics
         state.boredom[users] = b
@@ -290,10 +285,10 @@ class Dynamics:
         poor *= f_poor
         x = rows(state.fatigue, users) + f_base
         x = x + poor  # float64 when a backend's utility is
-        state.fatigue[users] = _clip_ufunc(x - f_relief * (experience > 0), 0.0, 1.0)
+        state.fatigue[users] = clip_ufunc(x - f_relief * (experience > 0), 0.0, 1.0)
         x = s_keep * rows(state.satisfaction, users)
         x += s_rate * experience
-        state.satisfaction[users] = _clip_ufunc(x, -1.0, 1.0)
+        state.satisfaction[users] = clip_ufunc(x, -1.0, 1.0)
         return shifted
 
     def __getstate__(self) -> dict:

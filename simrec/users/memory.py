@@ -125,19 +125,9 @@ class MemoryBank:
         self.n_skipped[users] += ~clicked
         ts = rows(self._topics, users)  # (B, 3, T); a view for a slice
         ts[:, 0] *= self.summary_decay
-        rated_rating = np.where(rated, rating, 0.0)
-        if consumption.dtype == rated_rating.dtype == topic_weights.dtype == np.float32:
-            # the three summary rows in one product, topic weights x (consumption, rating or 0, rated): the
-            # same float32 products as the three below
-            f = np.empty((chosen.shape[0], 3, 1), np.float32)
-            f[:, 0, 0] = consumption
-            f[:, 1, 0] = rated_rating
-            f[:, 2, 0] = rated
-            ts += f * topic_weights[:, None, :]
-        else:
-            ts[:, 0] += topic_weights * consumption[:, None]
-            ts[:, 1] += topic_weights * rated_rating[:, None]
-            ts[:, 2] += topic_weights * rated[:, None]
+        ts[:, 0] += topic_weights * consumption[:, None]
+        ts[:, 1] += topic_weights * np.where(rated, rating, 0.0)[:, None]
+        ts[:, 2] += topic_weights * rated[:, None]
         self._topics[users] = ts
 
     def write_one(self, u: int, shown: np.ndarray, chosen: int, rating: float, consumption: float, feeling: float,

@@ -16,6 +16,10 @@ from simrec.catalog import Catalog
 from simrec.users.persona import Persona
 
 
+#: numpy's clip ufunc: what ``np.clip`` calls, without its Python wrapper (hot paths on small batches)
+clip_ufunc = (np._core if hasattr(np, "_core") else np.core).umath.clip
+
+
 def rows(a: np.ndarray, users: np.ndarray | slice) -> np.ndarray:
     """``a[users]``: a view for a slice, ``a.take`` for an index array (the method: several times faster than
     fancy indexing for row gathers, and than ``np.take``, which wraps it)."""
