@@ -18,9 +18,10 @@ All three are built first, then their training windows are interleaved ``--repea
 changes on a shared machine hit all of them alike; each reports its best window. Windows are 8 iterations
 (16,384 timesteps, about 3 s for simrec on a 2-core machine) and 20 of them per algorithm (a run takes about
 4 minutes). With 4 iterations x 3 windows (about 1.5 s each) the share moved between 8% and 25% from one run to
-the next on a shared machine, because a single slow window decided the best; with 5 or 10 windows of 8
-iterations the zero-cost windows of one run still spread by up to 1.8x, more than the effect measured, and the
-share moved between 1.4% and 13%. ``--quick`` keeps 2 short windows. The env share of PPO time is ``1 - (simrec timesteps/s) / (zero-cost timesteps/s)``: the fraction of
+the next on a shared machine, because a single slow window decided the best; with 5 to 20 windows of 8
+iterations the zero-cost windows of one run still spread by up to 1.8x, more than the effect measured, so the
+best-window share still moves by several points between runs, and the cross-checks below are printed next to
+it. ``--quick`` keeps 2 short windows. The env share of PPO time is ``1 - (simrec timesteps/s) / (zero-cost timesteps/s)``: the fraction of
 wall time that goes away when the env costs nothing. Target: at most 10% (SB3's PPO on ``SB3VecEnv``: about
 23%). Printed next to it:
 
